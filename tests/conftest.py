@@ -1,0 +1,32 @@
+"""Shared fixtures: the tiny random model (unit tests), the real default model and ../shared/data (slow)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CAA_LENS_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny random Llama-style bridge. Tests must leave it unmodified (no hooks left behind)."""
+    from caa_lens.tiny import tiny_model
+
+    return tiny_model()
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The real SmolLM2-135M-Instruct bridge (fetched into the cache on first use)."""
+    from caa_lens.models import load_model
+
+    return load_model("smollm2-135m-instruct", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.exists():
+        pytest.skip(f"shared reference data not found at {SHARED_DATA} (set CAA_LENS_SHARED_DATA)")
+    return SHARED_DATA
