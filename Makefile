@@ -1,0 +1,36 @@
+# Set-up and entry points. `make demo` and `make test` each build .venv on first use (CPU torch pinned).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test lint typecheck unit bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	# The CPU build first: a range the package accepts that 2.13.0 satisfies, so no CUDA download follows.
+	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/caa-lens demo --out results/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test: lint typecheck $(STAMP)
+	$(BIN)/python -m pytest -q --durations=15
+
+clean:
+	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,270 @@
+"""Reading residual-stream activations of contrastive pairs through hook points, fast.
+
+The positive and negative prompts of a pair share everything up to the answer, so each batch runs
+the shared prefix once (into a KV cache, stopping after the last layer needed) and then only the
+few answer tokens of both sides on copies of that cache. Mean differences accumulate as float64
+running sums, so memory does not grow with the number of pairs; per-example activations are kept
+only when asked for.
+"""
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from caa_lens.data import ContrastiveDataset, ContrastiveItem, PromptPair, answer_label
+from caa_lens.hooks import check_layers, check_site, hook_name, stop_layer_for
+from caa_lens.prompts import FormattedPrompt, PromptStyle, format_prompt, left_pad, pad_token_id
+
+PositionRule = Literal["answer", "last"] | Callable[[FormattedPrompt], int]
+
+
+@dataclass(frozen=True, eq=False)
+class PairActivations:
+    """Per-example activations at the read position: ``[pair, layer, d_model]`` for each side."""
+
+    positive: Float[Tensor, "pair layer d_model"]
+    negative: Float[Tensor, "pair layer d_model"]
+    positive_labels: tuple[str, ...]
+    negative_labels: tuple[str, ...]
+
+
+@dataclass(frozen=True, eq=False)
+class ContrastiveActivations:
+    """The result of an extraction: summed activations per side, and optionally every example's."""
+
+    layers: tuple[int, ...]
+    site: str
+    position_rule: str
+    dataset: str
+    dataset_hash: str
+    n_pairs: int
+    positive_sum: Float[Tensor, "layer d_model"]
+    negative_sum: Float[Tensor, "layer d_model"]
+    examples: PairActivations | None
+
+    @property
+    def mean_difference(self) -> Float[Tensor, "layer d_model"]:
+        return (self.positive_sum - self.negative_sum) / self.n_pairs
+
+
+def rule_name(rule: PositionRule) -> str:
+    return rule if isinstance(rule, str) else getattr(rule, "__name__", "custom")
+
+
+def read_position(prompt: FormattedPrompt, rule: PositionRule) -> int:
+    """The token index a position rule reads in one prompt."""
+    if rule == "answer":
+        if prompt.answer_position is None:
+            raise ValueError(f"position rule 'answer' needs an answer in the prompt: {prompt.text[-60:]!r}")
+        return prompt.answer_position
+    if rule == "last":
+        return prompt.last
+    if callable(rule):
+        position = int(rule(prompt))
+        if not 0 <= position < len(prompt):
+            raise ValueError(f"position rule returned {position} for a prompt of {len(prompt)} tokens")
+        return position
+    raise ValueError(f"unknown position rule {rule!r}: expected 'answer', 'last' or a callable")
+
+
+def pair_prompts(
+    tokenizer, item: ContrastiveItem, system: str | None = None, style: PromptStyle = "auto"
+) -> tuple[FormattedPrompt, FormattedPrompt]:
+    """The positive (matching) and negative prompts of an item, the answer opening the assistant turn."""
+    return (
+        format_prompt(tokenizer, item.question, item.matching, system, style),
+        format_prompt(tokenizer, item.question, item.not_matching, system, style),
+    )
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@dataclass(frozen=True)
+class _PlannedPair:
+    index: int
+    prefix: tuple[int, ...]
+    suffixes: tuple[tuple[int, ...], tuple[int, ...]]
+    reads: tuple[int, int]  # read index within each side's suffix
+    labels: tuple[str, str]
+
+
+def _plan(
+    prompts: tuple[FormattedPrompt, FormattedPrompt], index: int, rule: PositionRule, item: ContrastiveItem
+) -> _PlannedPair:
+    positive, negative = prompts
+    reads = (read_position(positive, rule), read_position(negative, rule))
+    # Share at most up to the earlier read position: the read token itself must be in the suffix.
+    shared = min(_common_prefix(positive.token_ids, negative.token_ids), *reads)
+    suffixes = (positive.token_ids[shared : reads[0] + 1], negative.token_ids[shared : reads[1] + 1])
+    labels = (answer_label(item.matching), answer_label(item.not_matching))
+    return _PlannedPair(
+        index, positive.token_ids[:shared], suffixes, (reads[0] - shared, reads[1] - shared), labels
+    )
+
+
+def _run_batch(
+    model, batch: list[_PlannedPair], names: list[str], stop: int, pad: int
+) -> Float[Tensor, "row layer d"]:
+    """Activations at the read positions for 2*len(batch) rows (positive, negative interleaved)."""
+    from transformers import DynamicCache
+
+    captured: dict[str, Tensor] = {}
+
+    def keep(name: str):
+        def hook(activation: Tensor, hook) -> Tensor:
+            captured[name] = activation
+            return activation
+
+        return hook
+
+    has_prefix = all(len(p.prefix) > 0 for p in batch)
+    cache = DynamicCache()
+    if has_prefix:
+        ids, mask, _ = left_pad([p.prefix for p in batch], pad)
+        model(ids, attention_mask=mask, past_key_values=cache, stop_at_layer=stop)
+        cache.batch_repeat_interleave(2)
+        prefix_mask = mask.repeat_interleave(2, dim=0)
+    else:  # some pair shares nothing (read at position 0): run full sequences
+        batch = [
+            _PlannedPair(
+                p.index,
+                (),
+                tuple(p.prefix + s for s in p.suffixes),
+                tuple(r + len(p.prefix) for r in p.reads),
+                p.labels,
+            )
+            for p in batch
+        ]  # type: ignore[misc]
+        prefix_mask = torch.zeros((2 * len(batch), 0), dtype=torch.long)
+    suffixes = [s for p in batch for s in p.suffixes]
+    width = max(len(s) for s in suffixes)
+    # Right-pad the suffixes: causal attention means later pads cannot affect the read positions.
+    ids = torch.full((len(suffixes), width), pad, dtype=torch.long)
+    suffix_mask = torch.zeros((len(suffixes), width), dtype=torch.long)
+    for row, suffix in enumerate(suffixes):
+        ids[row, : len(suffix)] = torch.tensor(suffix)
+        suffix_mask[row, : len(suffix)] = 1
+    mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+    with model.hooks(fwd_hooks=[(name, keep(name)) for name in names]):
+        model(ids, attention_mask=mask, past_key_values=cache if has_prefix else None, stop_at_layer=stop)
+    rows = torch.arange(len(suffixes))
+    columns = torch.tensor([r for p in batch for r in p.reads])
+    return torch.stack([captured[name][rows, columns] for name in names], dim=1)
+
+
+def extract_contrastive(
+    model,
+    dataset: ContrastiveDataset,
+    layers: int | Sequence[int] | None = None,
+    site: str = "resid_post",
+    position_rule: PositionRule = "answer",
+    batch_size: int = 16,
+    keep_examples: bool = False,
+    example_dtype: torch.dtype = torch.float32,
+    system: str | None = None,
+    style: PromptStyle = "auto",
+    progress: bool = True,
+) -> ContrastiveActivations:
+    """Read activations of every pair of ``dataset`` at ``layers`` and sum them per side.
+
+    Args:
+        layers: layer indices, or None for all layers.
+        site: ``resid_pre``, ``resid_mid`` or ``resid_post``.
+        position_rule: ``"answer"`` (the answer-letter token, CAA), ``"last"`` (the final token,
+            Patterns paper), or a callable ``FormattedPrompt -> index``.
+        keep_examples: also return every example's activations (for PCA, probes, bootstraps),
+            stored in ``example_dtype`` (float16 halves the memory).
+    """
+    chosen = check_layers(model, layers)
+    check_site(site)
+    names = [hook_name(model, layer, site) for layer in chosen]
+    stop = stop_layer_for(chosen)
+    pad = pad_token_id(model.tokenizer)
+    plans = [
+        _plan(pair_prompts(model.tokenizer, item, system, style), index, position_rule, item)
+        for index, item in enumerate(dataset)
+    ]
+    # Sorting by prefix length cuts padding; sums are order-independent up to float64 rounding.
+    order = sorted(plans, key=lambda p: len(p.prefix))
+    d_model = int(model.cfg.d_model)
+    sums = torch.zeros((2, len(chosen), d_model), dtype=torch.float64)
+    kept: list[tuple[int, Tensor]] = []
+    bar = tqdm(total=len(order), desc=f"extract {dataset.name}", unit="pair", disable=not progress)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            acts = _run_batch(model, batch, names, stop, pad).to(torch.float64).cpu()
+            sums[0] += acts[0::2].sum(0)
+            sums[1] += acts[1::2].sum(0)
+            if keep_examples:
+                kept.extend((p.index, acts[2 * i : 2 * i + 2].to(example_dtype)) for i, p in enumerate(batch))
+            bar.update(len(batch))
+    bar.close()
+    examples = None
+    if keep_examples:
+        stacked = torch.stack([a for _, a in sorted(kept, key=lambda t: t[0])])
+        by_index = sorted(plans, key=lambda p: p.index)
+        examples = PairActivations(
+            stacked[:, 0],
+            stacked[:, 1],
+            tuple(p.labels[0] for p in by_index),
+            tuple(p.labels[1] for p in by_index),
+        )
+    return ContrastiveActivations(
+        chosen,
+        site,
+        rule_name(position_rule),
+        dataset.name,
+        dataset.content_hash,
+        len(dataset),
+        sums[0].float(),
+        sums[1].float(),
+        examples,
+    )
+
+
+def prompt_pair_tokens(tokenizer, pair: PromptPair, prepend_bos: bool = True) -> tuple[list[int], list[int]]:
+    """ActAdd tokenisation: both prompts, the shorter right-padded with the token of a single space."""
+    bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
+    positive = bos + tokenizer(pair.positive, add_special_tokens=False).input_ids
+    negative = bos + tokenizer(pair.negative, add_special_tokens=False).input_ids
+    space = tokenizer(" ", add_special_tokens=False).input_ids
+    if len(space) != 1:
+        raise ValueError(
+            f"the tokenizer splits a single space into {len(space)} tokens; cannot pad ActAdd prompts"
+        )
+    width = max(len(positive), len(negative))
+    positive += space * (width - len(positive))
+    negative += space * (width - len(negative))
+    return positive, negative
+
+
+def extract_prompt_pair(
+    model,
+    pair: PromptPair,
+    layers: int | Sequence[int] | None = None,
+    site: str = "resid_pre",
+    prepend_bos: bool = True,
+) -> Float[Tensor, "layer pos d_model"]:
+    """ActAdd: ``h(p+) - h(p-)`` at every position of the space-padded prompts, per layer."""
+    chosen = check_layers(model, layers)
+    names = [hook_name(model, layer, site) for layer in chosen]
+    positive, negative = prompt_pair_tokens(model.tokenizer, pair, prepend_bos)
+    with torch.inference_mode():
+        _, cache = model.run_with_cache(
+            torch.tensor([positive, negative]), names_filter=names, stop_at_layer=stop_layer_for(chosen)
+        )
+        acts = torch.stack([cache[name] for name in names], dim=0)  # [layer, 2, pos, d]
+    return (acts[:, 0] - acts[:, 1]).float()

@@ -1,0 +1,112 @@
+"""Ways to turn contrastive activations into steering vectors: mean difference, PCA, ActAdd."""
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from caa_lens.data import ContrastiveDataset, PromptPair
+from caa_lens.extraction import ContrastiveActivations, PositionRule, extract_contrastive, extract_prompt_pair
+from caa_lens.hooks import check_layers
+from caa_lens.vectors import SteeringVector, make_provenance
+
+
+def mean_difference_vector(model, activations: ContrastiveActivations) -> SteeringVector:
+    """CAA: v_L = mean over pairs of a_L(matching) - a_L(not matching). No normalisation."""
+    provenance = make_provenance(
+        model,
+        activations.site,
+        activations.position_rule,
+        "mean_difference",
+        activations.dataset,
+        activations.dataset_hash,
+        activations.n_pairs,
+        torch.float32,
+    )
+    return SteeringVector(activations.mean_difference, activations.layers, provenance)
+
+
+def pca_directions(differences: Float[Tensor, "pair layer d_model"]) -> Float[Tensor, "layer d_model"]:
+    """First principal component of the paired differences, per layer, signed to agree with their mean.
+
+    PCA is computed on the uncentred differences' covariance around their mean; the sign is fixed so
+    the direction points the same way as the mean difference (a principal component has no sign).
+    The result has the mean difference's projection onto it as its norm, so multipliers stay comparable.
+    """
+    diffs = differences.double()
+    mean = diffs.mean(0)  # [layer, d]
+    centred = diffs - mean
+    out = []
+    for layer in range(diffs.shape[1]):
+        if diffs.shape[0] < 2:
+            raise ValueError("PCA of paired differences needs at least 2 pairs")
+        _, _, vh = torch.linalg.svd(centred[:, layer], full_matrices=False)
+        direction = vh[0]
+        projection = torch.dot(mean[layer], direction)
+        if projection < 0:
+            direction, projection = -direction, -projection
+        out.append(direction * projection)
+    return torch.stack(out).float()
+
+
+def pca_vector(model, activations: ContrastiveActivations) -> SteeringVector:
+    if activations.examples is None:
+        raise ValueError("pca_vector needs per-example activations: extract with keep_examples=True")
+    diffs = activations.examples.positive.float() - activations.examples.negative.float()
+    provenance = make_provenance(
+        model,
+        activations.site,
+        activations.position_rule,
+        "pca_of_differences",
+        activations.dataset,
+        activations.dataset_hash,
+        activations.n_pairs,
+        torch.float32,
+    )
+    return SteeringVector(pca_directions(diffs), activations.layers, provenance)
+
+
+def caa_vector(
+    model,
+    dataset: ContrastiveDataset,
+    layers: int | Sequence[int] | None = None,
+    site: str = "resid_post",
+    position_rule: PositionRule = "answer",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> SteeringVector:
+    """Extract and build CAA mean-difference vectors in one call.
+
+    >>> from caa_lens.tiny import tiny_model
+    >>> from caa_lens.data import make_item, ContrastiveDataset
+    >>> q = "Sunny?\\n\\nChoices:\\n (A) yes\\n (B) no"
+    >>> data = ContrastiveDataset("demo", (make_item(q, "(A)", "(B)"), make_item(q, "(B)", "(A)")))
+    >>> caa_vector(tiny_model(), data, layers=[1, 2], progress=False).directions.shape
+    torch.Size([2, 64])
+    """
+    acts = extract_contrastive(model, dataset, layers, site, position_rule, batch_size, progress=progress)
+    return mean_difference_vector(model, acts)
+
+
+def actadd_vector(
+    model,
+    pair: PromptPair,
+    layers: int | Sequence[int] | None = None,
+    site: str = "resid_pre",
+    prepend_bos: bool = True,
+) -> SteeringVector:
+    """ActAdd: the padded prompt-pair difference ``[layer, pos, d_model]`` for front-position injection."""
+    chosen = check_layers(model, layers)
+    directions = extract_prompt_pair(model, pair, chosen, site, prepend_bos)
+    provenance = make_provenance(
+        model,
+        site,
+        "all",
+        "actadd",
+        f"prompt-pair:{pair.name}",
+        f"{pair.positive}|{pair.negative}"[:64],
+        1,
+        torch.float32,
+    )
+    return SteeringVector(directions, chosen, provenance)
