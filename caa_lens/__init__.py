@@ -1,0 +1,96 @@
+"""caa_lens: contrastive activation engineering (CAA, ActAdd, steering patterns) on TransformerLens.
+
+>>> import caa_lens as cl
+>>> model = cl.tiny_model()
+>>> cl.hook_name(model, 1)
+'blocks.1.hook_resid_post'
+"""
+
+from caa_lens.data import (
+    BUNDLED_BEHAVIOURS,
+    FIBONACCI_SIZES,
+    ContrastiveDataset,
+    ContrastiveItem,
+    DatasetError,
+    PromptPair,
+    bundled_prompt_pairs,
+    load_behaviour_dataset,
+    load_bundled,
+    load_prompt_pairs,
+    make_item,
+    nested_subsets,
+    resolve_dataset,
+    train_test_split,
+)
+from caa_lens.export import ControlVectorError, export_control_vector_gguf, load_control_vector_gguf
+from caa_lens.extraction import ContrastiveActivations, PairActivations, extract_contrastive, extract_prompt_pair
+from caa_lens.generation import GenerationResult, generate
+from caa_lens.hooks import check_layers, hook_name
+from caa_lens.methods import actadd_vector, caa_vector, mean_difference_vector, pca_vector
+from caa_lens.models import DEFAULT_MODEL, load_model, model_identity
+from caa_lens.prompts import FormattedPrompt, format_prompt
+from caa_lens.residuals import residual_norms, residual_stack
+from caa_lens.steering import Injection, multiplier_for_ratio, residual_norm, steering
+from caa_lens.tiny import tiny_model
+from caa_lens.vectors import (
+    CorruptVectorError,
+    Provenance,
+    SteeringVector,
+    VectorMismatchError,
+    equalize_norms,
+    load_vector,
+    save_vector,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BUNDLED_BEHAVIOURS",
+    "DEFAULT_MODEL",
+    "FIBONACCI_SIZES",
+    "ContrastiveActivations",
+    "ControlVectorError",
+    "ContrastiveDataset",
+    "ContrastiveItem",
+    "CorruptVectorError",
+    "DatasetError",
+    "FormattedPrompt",
+    "GenerationResult",
+    "Injection",
+    "PairActivations",
+    "PromptPair",
+    "Provenance",
+    "SteeringVector",
+    "VectorMismatchError",
+    "actadd_vector",
+    "bundled_prompt_pairs",
+    "caa_vector",
+    "check_layers",
+    "equalize_norms",
+    "export_control_vector_gguf",
+    "extract_contrastive",
+    "extract_prompt_pair",
+    "format_prompt",
+    "generate",
+    "hook_name",
+    "load_behaviour_dataset",
+    "load_bundled",
+    "load_control_vector_gguf",
+    "load_model",
+    "load_prompt_pairs",
+    "load_vector",
+    "make_item",
+    "mean_difference_vector",
+    "model_identity",
+    "multiplier_for_ratio",
+    "nested_subsets",
+    "pca_vector",
+    "residual_norm",
+    "residual_norms",
+    "residual_stack",
+    "resolve_dataset",
+    "save_vector",
+    "steering",
+    "tiny_model",
+    "train_test_split",
+]

@@ -109,6 +109,10 @@ def _field(record: object, key: str, where: str) -> str:
     value = record[key]
     if not isinstance(value, str) or not value.strip():
         raise DatasetError(f"{where}: field {key!r} must be a non-empty string, got {value!r}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:  # a JSON escape such as "\ud800" decodes to a lone surrogate
+        raise DatasetError(f"{where}: field {key!r} contains an unpaired surrogate ({err.reason})") from err
     return value
 
 
@@ -116,17 +120,26 @@ def make_item(question: str, matching: str, not_matching: str, where: str = "ite
     """Build and validate one item; ``where`` prefixes error messages (file and index)."""
     matching, not_matching = matching.strip(), not_matching.strip()
     if matching == not_matching:
-        raise DatasetError(f"{where}: answer_matching_behavior and answer_not_matching_behavior are both {matching!r}")
+        raise DatasetError(
+            f"{where}: answer_matching_behavior and answer_not_matching_behavior are both {matching!r}"
+        )
     ab = [bool(_LETTER_ANSWER.match(a)) for a in (matching, not_matching)]
     if ab[0] != ab[1]:
-        raise DatasetError(f"{where}: answers {matching!r} and {not_matching!r} mix letter and free-text forms")
+        raise DatasetError(
+            f"{where}: answers {matching!r} and {not_matching!r} mix letter and free-text forms"
+        )
     if ab[0]:
         offered = tuple(dict.fromkeys(f"({letter})" for letter in _OFFERED_LETTER.findall(question)))
         if not offered:
             offered = tuple(sorted((matching, not_matching)))
-        for key, answer in (("answer_matching_behavior", matching), ("answer_not_matching_behavior", not_matching)):
+        for key, answer in (
+            ("answer_matching_behavior", matching),
+            ("answer_not_matching_behavior", not_matching),
+        ):
             if answer not in offered:
-                raise DatasetError(f"{where}: field {key!r} is {answer!r}, not among the offered options {offered}")
+                raise DatasetError(
+                    f"{where}: field {key!r} is {answer!r}, not among the offered options {offered}"
+                )
         return ContrastiveItem(question, matching, not_matching, offered, "ab")
     return ContrastiveItem(question, matching, not_matching, (matching, not_matching), "yes_no")
 
@@ -135,15 +148,26 @@ def _warn_duplicates(items: Sequence[ContrastiveItem], source: str) -> None:
     seen: dict[str, int] = {}
     for index, item in enumerate(items):
         if item.question in seen:
-            warnings.warn(f"{source}: item {index} repeats the question of item {seen[item.question]}", stacklevel=3)
+            warnings.warn(
+                f"{source}: item {index} repeats the question of item {seen[item.question]}", stacklevel=3
+            )
         seen.setdefault(item.question, index)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from err
 
 
 def _records_from_json(path: Path) -> list[object]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
     except json.JSONDecodeError as err:
-        raise DatasetError(f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}") from err
+        raise DatasetError(
+            f"{path}: not valid JSON (line {err.lineno}, column {err.colno}): {err.msg}"
+        ) from err
     if not isinstance(data, list):
         raise DatasetError(f"{path}: expected a JSON array of items, got {type(data).__name__}")
     return data
@@ -151,7 +175,8 @@ def _records_from_json(path: Path) -> list[object]:
 
 def _records_from_jsonl(path: Path) -> list[object]:
     records = []
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # split on "\n" only: str.splitlines also breaks at U+2028, U+0085..., which JSON strings may hold raw
+    for line_number, line in enumerate(_read_text(path).split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -184,7 +209,11 @@ def load_behaviour_dataset(path: str | Path, name: str | None = None) -> Contras
     if not items:
         raise DatasetError(f"{path}: the dataset is empty")
     _warn_duplicates(items, str(path))
-    default_name = path.parent.name if path.stem in ("generate_dataset", "test_dataset_ab", "generate", "test") else path.stem
+    default_name = (
+        path.parent.name
+        if path.stem in ("generate_dataset", "test_dataset_ab", "generate", "test")
+        else path.stem
+    )
     return ContrastiveDataset(name or default_name, tuple(items), str(path))
 
 
@@ -197,9 +226,13 @@ def load_prompt_pairs(path: str | Path) -> tuple[PromptPair, ...]:
         pairs.append(PromptPair(*(_field(record, key, where) for key in ("name", "positive", "negative"))))
     if not pairs:
         raise DatasetError(f"{path}: no prompt pairs")
-    names = [p.name for p in pairs]
-    if len(set(names)) != len(names):
-        raise DatasetError(f"{path}: pair names are not unique")
+    first: dict[str, int] = {}
+    for index, pair in enumerate(pairs):
+        if pair.name in first:
+            raise DatasetError(
+                f"{path}: item {index}: field 'name' is {pair.name!r}, already used by item {first[pair.name]}"
+            )
+        first[pair.name] = index
     return tuple(pairs)
 
 

@@ -114,6 +114,13 @@ def _plan(
     )
 
 
+def _unshared(plan: _PlannedPair) -> _PlannedPair:
+    """The same pair with nothing shared: both sides run from their first token."""
+    positive, negative = (plan.prefix + suffix for suffix in plan.suffixes)
+    reads = (plan.reads[0] + len(plan.prefix), plan.reads[1] + len(plan.prefix))
+    return _PlannedPair(plan.index, (), (positive, negative), reads, plan.labels)
+
+
 def _run_batch(
     model, batch: list[_PlannedPair], names: list[str], stop: int, pad: int
 ) -> Float[Tensor, "row layer d"]:
@@ -137,16 +144,7 @@ def _run_batch(
         cache.batch_repeat_interleave(2)
         prefix_mask = mask.repeat_interleave(2, dim=0)
     else:  # some pair shares nothing (read at position 0): run full sequences
-        batch = [
-            _PlannedPair(
-                p.index,
-                (),
-                tuple(p.prefix + s for s in p.suffixes),
-                tuple(r + len(p.prefix) for r in p.reads),
-                p.labels,
-            )
-            for p in batch
-        ]  # type: ignore[misc]
+        batch = [_unshared(p) for p in batch]
         prefix_mask = torch.zeros((2 * len(batch), 0), dtype=torch.long)
     suffixes = [s for p in batch for s in p.suffixes]
     width = max(len(s) for s in suffixes)

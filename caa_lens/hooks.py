@@ -4,6 +4,7 @@ Everything else asks this module for a name, so a typo or an out-of-range layer 
 message naming the layer and the model, instead of silently registering a hook that never fires.
 """
 
+from collections.abc import Sequence
 from typing import Literal, get_args
 
 ResidualSite = Literal["resid_pre", "resid_mid", "resid_post"]
@@ -32,7 +33,7 @@ def check_layer(model, layer: int) -> int:
     return layer % total
 
 
-def check_layers(model, layers: int | list[int] | tuple[int, ...] | range | None) -> tuple[int, ...]:
+def check_layers(model, layers: int | Sequence[int] | None) -> tuple[int, ...]:
     """Normalise a layer selection to a sorted tuple of unique valid indices; ``None`` means all layers."""
     if layers is None:
         return tuple(range(n_layers(model)))

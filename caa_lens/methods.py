@@ -1,5 +1,7 @@
 """Ways to turn contrastive activations into steering vectors: mean difference, PCA, ActAdd."""
 
+import hashlib
+import json
 from collections.abc import Sequence
 
 import torch
@@ -30,9 +32,11 @@ def mean_difference_vector(model, activations: ContrastiveActivations) -> Steeri
 def pca_directions(differences: Float[Tensor, "pair layer d_model"]) -> Float[Tensor, "layer d_model"]:
     """First principal component of the paired differences, per layer, signed to agree with their mean.
 
-    PCA is computed on the uncentred differences' covariance around their mean; the sign is fixed so
-    the direction points the same way as the mean difference (a principal component has no sign).
-    The result has the mean difference's projection onto it as its norm, so multipliers stay comparable.
+    The differences are centred on their mean before the SVD (as sklearn's PCA, and repeng's
+    ``pca_diff``, do), so the component is the axis along which the pairs' differences vary most;
+    the sign is fixed so the direction points the same way as the mean difference (a principal
+    component has no sign). The result has the mean difference's projection onto it as its norm, so
+    multipliers stay comparable with the mean-difference vector.
     """
     diffs = differences.double()
     mean = diffs.mean(0)  # [layer, d]
@@ -89,6 +93,11 @@ def caa_vector(
     return mean_difference_vector(model, acts)
 
 
+def prompt_pair_hash(pair: PromptPair) -> str:
+    """SHA-256 (first 16 hex digits) of a prompt pair's two texts, like a dataset's content hash."""
+    return hashlib.sha256(json.dumps([pair.positive, pair.negative]).encode()).hexdigest()[:16]
+
+
 def actadd_vector(
     model,
     pair: PromptPair,
@@ -105,7 +114,7 @@ def actadd_vector(
         "all",
         "actadd",
         f"prompt-pair:{pair.name}",
-        f"{pair.positive}|{pair.negative}"[:64],
+        prompt_pair_hash(pair),
         1,
         torch.float32,
     )

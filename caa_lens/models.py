@@ -153,7 +153,7 @@ def _load_gguf(path: Path, dtype: torch.dtype):
     hf_model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype)
     # A GGUF-loaded model refuses save_pretrained until its quantizer record is removed; the weights
     # are already dequantised, so nothing is lost.
-    hf_model.hf_quantizer = None
+    hf_model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(hf_model.config, "quantization_config"):
         del hf_model.config.quantization_config
     return hf_model, tokenizer
@@ -247,11 +247,15 @@ def model_identity(model) -> ModelIdentity:
     """Name, shape and a hash of the config: what a saved vector records and checks on load."""
     cfg = model.cfg
     name = str(getattr(cfg, "model_name", None) or type(model).__name__)
-    shape = {"n_layers": int(cfg.n_layers), "d_model": int(cfg.d_model), "d_vocab": int(cfg.d_vocab)}
+    shape: dict[str, int | None] = {
+        "n_layers": int(cfg.n_layers),
+        "d_model": int(cfg.d_model),
+        "d_vocab": int(cfg.d_vocab),
+    }
     for key in ("n_heads", "d_head", "d_mlp", "n_ctx"):
         value = getattr(cfg, key, None)
         shape[key] = int(value) if value is not None else None
     config_hash = hashlib.sha256(json.dumps([name, shape], sort_keys=True).encode()).hexdigest()[:16]
     return ModelIdentity(
-        name=name, n_layers=shape["n_layers"], d_model=shape["d_model"], config_hash=config_hash
+        name=name, n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), config_hash=config_hash
     )

@@ -122,7 +122,7 @@ def tiny_hf_model(
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        hf_model = LlamaForCausalLM(config).to(dtype).eval()
+        hf_model = LlamaForCausalLM(config).to(dtype=dtype).eval()  # type: ignore[call-arg]
     finally:
         torch.random.set_rng_state(generator_state)
     return hf_model, tokenizer

@@ -11,7 +11,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -83,14 +83,29 @@ class SteeringVector:
     provenance: Provenance
 
     def __post_init__(self) -> None:
+        if self.directions.dim() not in (2, 3):
+            raise ValueError(
+                f"directions must be [layer, d_model] or [layer, pos, d_model], got shape "
+                f"{tuple(self.directions.shape)}"
+            )
+        if not self.layers:
+            raise ValueError("a steering vector needs at least one layer")
         if self.directions.shape[0] != len(self.layers):
-            raise ValueError(f"{self.directions.shape[0]} directions for {len(self.layers)} layers {self.layers}")
+            raise ValueError(
+                f"{self.directions.shape[0]} directions for {len(self.layers)} layers {self.layers}"
+            )
         if self.directions.shape[-1] != self.provenance.d_model:
-            raise ValueError(f"directions have width {self.directions.shape[-1]}, provenance says {self.provenance.d_model}")
+            raise ValueError(
+                f"directions have width {self.directions.shape[-1]}, provenance says {self.provenance.d_model}"
+            )
         if len(set(self.layers)) != len(self.layers):
             raise ValueError(f"duplicate layers {self.layers}")
         if not torch.isfinite(self.directions).all():
-            bad = [layer for layer, d in zip(self.layers, self.directions, strict=True) if not torch.isfinite(d).all()]
+            bad = [
+                layer
+                for layer, d in zip(self.layers, self.directions, strict=True)
+                if not torch.isfinite(d).all()
+            ]
             raise ValueError(f"steering vector has NaN or infinite values at layers {bad}")
 
     @property
@@ -110,10 +125,14 @@ class SteeringVector:
         chosen = (layers,) if isinstance(layers, int) else tuple(layers)
         return replace(self, directions=torch.stack([self.at(layer) for layer in chosen]), layers=chosen)
 
-    def scaled(self, factor: float) -> "SteeringVector":
+    def scaled(self, factor: float | int) -> "SteeringVector":
         if not math.isfinite(factor):
             raise ValueError(f"scale factor must be finite, got {factor}")
-        return replace(self, directions=self.directions * factor, provenance=_noted(self.provenance, f"scaled x{factor:g}"))
+        return replace(
+            self,
+            directions=self.directions * factor,
+            provenance=_noted(self.provenance, f"scaled x{factor:g}"),
+        )
 
     def normalized(self, target_norm: float | Tensor = 1.0) -> "SteeringVector":
         """Each layer's direction rescaled to ``target_norm`` (a number, or one per layer)."""
@@ -123,8 +142,12 @@ class SteeringVector:
             raise ValueError(f"cannot normalise a zero-norm direction (layers {zero})")
         target = torch.as_tensor(target_norm, dtype=self.directions.dtype)
         shape = (-1,) + (1,) * (self.directions.dim() - 1)
-        scale = (target.reshape(-1) / norms).reshape(shape) if target.dim() else (target / norms).reshape(shape)
-        return replace(self, directions=self.directions * scale, provenance=_noted(self.provenance, "normalized"))
+        scale = (
+            (target.reshape(-1) / norms).reshape(shape) if target.dim() else (target / norms).reshape(shape)
+        )
+        return replace(
+            self, directions=self.directions * scale, provenance=_noted(self.provenance, "normalized")
+        )
 
     def _combine(self, other: "SteeringVector", sign: float, label: str) -> "SteeringVector":
         if self.layers != other.layers or self.directions.shape != other.directions.shape:
@@ -132,12 +155,16 @@ class SteeringVector:
                 f"cannot {label} vectors over layers {self.layers} {tuple(self.directions.shape)} and "
                 f"{other.layers} {tuple(other.directions.shape)}"
             )
-        check_compatible(other.provenance, _identity_of(self.provenance), other.provenance.site)
+        # Compare the other vector's site with this one's: passing its own site would never differ.
+        check_compatible(other.provenance, _identity_of(self.provenance), self.provenance.site)
         p = self.provenance
-        combined = replace(p, method=f"({p.method}) {label} ({other.provenance.method})",
-                           dataset=f"{p.dataset} {label} {other.provenance.dataset}",
-                           dataset_hash=_hash_pair(p.dataset_hash, other.provenance.dataset_hash),
-                           n_pairs=p.n_pairs + other.provenance.n_pairs)
+        combined = replace(
+            p,
+            method=f"({p.method}) {label} ({other.provenance.method})",
+            dataset=f"{p.dataset} {label} {other.provenance.dataset}",
+            dataset_hash=_hash_pair(p.dataset_hash, other.provenance.dataset_hash),
+            n_pairs=p.n_pairs + other.provenance.n_pairs,
+        )
         return SteeringVector(self.directions + sign * other.directions, self.layers, combined)
 
     def __add__(self, other: "SteeringVector") -> "SteeringVector":
@@ -146,7 +173,7 @@ class SteeringVector:
     def __sub__(self, other: "SteeringVector") -> "SteeringVector":
         return self._combine(other, -1.0, "-")
 
-    def __mul__(self, factor: float) -> "SteeringVector":
+    def __mul__(self, factor: float | int) -> "SteeringVector":
         return self.scaled(factor)
 
     __rmul__ = __mul__
@@ -164,7 +191,9 @@ def _identity_of(p: Provenance) -> ModelIdentity:
     return ModelIdentity(p.model_name, p.n_layers, p.d_model, p.model_config_hash)
 
 
-def check_compatible(provenance: Provenance, identity: ModelIdentity, site: str, allow_mismatch: bool = False) -> tuple[str, ...]:
+def check_compatible(
+    provenance: Provenance, identity: ModelIdentity, site: str, allow_mismatch: bool = False
+) -> tuple[str, ...]:
     """Compare a vector's provenance with a model; raise VectorMismatchError listing every difference.
 
     With ``allow_mismatch`` the differences are returned instead (for deliberate transfer experiments;
@@ -172,18 +201,25 @@ def check_compatible(provenance: Provenance, identity: ModelIdentity, site: str,
     """
     differences = []
     if provenance.d_model != identity.d_model:
-        raise VectorMismatchError(f"vector width d_model={provenance.d_model}, model has d_model={identity.d_model}")
+        raise VectorMismatchError(
+            f"vector width d_model={provenance.d_model}, model has d_model={identity.d_model}"
+        )
     if provenance.model_name != identity.name:
         differences.append(f"model name: vector {provenance.model_name!r}, model {identity.name!r}")
     if provenance.model_config_hash != identity.config_hash:
-        differences.append(f"model config hash: vector {provenance.model_config_hash}, model {identity.config_hash}")
+        differences.append(
+            f"model config hash: vector {provenance.model_config_hash}, model {identity.config_hash}"
+        )
     if provenance.n_layers != identity.n_layers:
-        differences.append(f"layer count: vector made on {provenance.n_layers}, model has {identity.n_layers}")
+        differences.append(
+            f"layer count: vector made on {provenance.n_layers}, model has {identity.n_layers}"
+        )
     if provenance.site != site:
         differences.append(f"hook site: vector read at {provenance.site}, applied at {site}")
     if differences and not allow_mismatch:
         raise VectorMismatchError(
-            "steering vector does not match the model: " + "; ".join(differences)
+            "steering vector does not match the model: "
+            + "; ".join(differences)
             + " (pass allow_mismatch=True for a deliberate transfer experiment)"
         )
     return tuple(differences)
@@ -205,16 +241,38 @@ def equalize_norms(vectors: dict[str, SteeringVector]) -> dict[str, SteeringVect
     return {name: v.normalized(mean_norms) for name, v in vectors.items()}
 
 
-def make_provenance(model, site: str, position_rule: str, method: str, dataset: str, dataset_hash: str,
-                    n_pairs: int, dtype: torch.dtype) -> Provenance:
+def make_provenance(
+    model,
+    site: str,
+    position_rule: str,
+    method: str,
+    dataset: str,
+    dataset_hash: str,
+    n_pairs: int,
+    dtype: torch.dtype,
+) -> Provenance:
     identity = model_identity(model)
-    return Provenance(identity.name, identity.config_hash, identity.d_model, identity.n_layers, site,
-                      position_rule, method, dataset, dataset_hash, n_pairs, str(dtype).removeprefix("torch."))
+    return Provenance(
+        identity.name,
+        identity.config_hash,
+        identity.d_model,
+        identity.n_layers,
+        site,
+        position_rule,
+        method,
+        dataset,
+        dataset_hash,
+        n_pairs,
+        str(dtype).removeprefix("torch."),
+    )
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # Not tempfile.mkstemp: its files are mode 0600 and os.replace keeps that, so saved vectors were
+    # unreadable by anyone else. O_EXCL with mode 0666 gets a fresh name and the user's umask.
+    temporary = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
+    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
@@ -237,8 +295,10 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
-    payload = save({"directions": vector.directions.detach().cpu().contiguous()},
-                   metadata={"format": "caa_lens", "format_version": str(FORMAT_VERSION)})
+    payload = save(
+        {"directions": vector.directions.detach().cpu().contiguous()},
+        metadata={"format": "caa_lens", "format_version": str(FORMAT_VERSION)},
+    )
     sidecar = {
         "format_version": FORMAT_VERSION,
         "layers": list(vector.layers),
@@ -251,7 +311,9 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
     return path
 
 
-def load_vector(path: str | Path, model=None, site: str | None = None, allow_mismatch: bool = False) -> SteeringVector:
+def load_vector(
+    path: str | Path, model=None, site: str | None = None, allow_mismatch: bool = False
+) -> SteeringVector:
     """Load a saved vector, verifying its file against the sidecar and, given a model, its identity.
 
     Args:
@@ -277,15 +339,21 @@ def load_vector(path: str | Path, model=None, site: str | None = None, allow_mis
         raise CorruptVectorError(f"{meta_path}: malformed vector metadata ({err!r})") from err
     payload = path.read_bytes()
     if len(payload) != expected["bytes"]:
-        raise CorruptVectorError(f"{path} has {len(payload)} bytes, its metadata says {expected['bytes']} (truncated?)")
+        raise CorruptVectorError(
+            f"{path} has {len(payload)} bytes, its metadata says {expected['bytes']} (truncated?)"
+        )
     if hashlib.sha256(payload).hexdigest() != expected["sha256"]:
-        raise CorruptVectorError(f"{path} does not match the SHA-256 in {meta_path.name} (modified after saving?)")
+        raise CorruptVectorError(
+            f"{path} does not match the SHA-256 in {meta_path.name} (modified after saving?)"
+        )
     directions = load(payload)["directions"]
     vector = SteeringVector(directions, layers, provenance)
     if model is not None:
         identity = model_identity(model)
         if max(layers) >= identity.n_layers:
-            raise VectorMismatchError(f"vector has layers up to {max(layers)}, the model has {identity.n_layers} layers")
+            raise VectorMismatchError(
+                f"vector has layers up to {max(layers)}, the model has {identity.n_layers} layers"
+            )
         notes = check_compatible(provenance, identity, site or provenance.site, allow_mismatch)
         if notes:
             vector = replace(vector, provenance=replace(provenance, overrides=provenance.overrides + notes))
