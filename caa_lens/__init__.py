@@ -23,7 +23,12 @@ from caa_lens.data import (
     train_test_split,
 )
 from caa_lens.export import ControlVectorError, export_control_vector_gguf, load_control_vector_gguf
-from caa_lens.extraction import ContrastiveActivations, PairActivations, extract_contrastive, extract_prompt_pair
+from caa_lens.extraction import (
+    ContrastiveActivations,
+    PairActivations,
+    extract_contrastive,
+    extract_prompt_pair,
+)
 from caa_lens.generation import GenerationResult, generate
 from caa_lens.hooks import check_layers, hook_name
 from caa_lens.methods import actadd_vector, caa_vector, mean_difference_vector, pca_vector
@@ -49,9 +54,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "FIBONACCI_SIZES",
     "ContrastiveActivations",
-    "ControlVectorError",
     "ContrastiveDataset",
     "ContrastiveItem",
+    "ControlVectorError",
     "CorruptVectorError",
     "DatasetError",
     "FormattedPrompt",
