@@ -9,6 +9,7 @@ only when asked for.
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -18,7 +19,9 @@ from tqdm.auto import tqdm
 
 from caa_lens.data import ContrastiveDataset, ContrastiveItem, PromptPair, answer_label
 from caa_lens.hooks import check_layers, check_site, hook_name, stop_layer_for
+from caa_lens.models import model_identity
 from caa_lens.prompts import FormattedPrompt, PromptStyle, format_prompt, left_pad, pad_token_id
+from caa_lens.resume import ExtractionState, load_state, run_key, save_state
 
 PositionRule = Literal["answer", "last"] | Callable[[FormattedPrompt], int]
 
@@ -174,6 +177,7 @@ def extract_contrastive(
     system: str | None = None,
     style: PromptStyle = "auto",
     progress: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> ContrastiveActivations:
     """Read activations of every pair of ``dataset`` at ``layers`` and sum them per side.
 
@@ -184,6 +188,9 @@ def extract_contrastive(
             Patterns paper), or a callable ``FormattedPrompt -> index``.
         keep_examples: also return every example's activations (for PCA, probes, bootstraps),
             stored in ``example_dtype`` (float16 halves the memory).
+        checkpoint: a file where progress is saved after every batch. If the run is killed, the same
+            call continues from it (losing at most the batch in flight) and returns exactly what an
+            uninterrupted run returns. The file is removed when the extraction completes.
     """
     chosen = check_layers(model, layers)
     check_site(site)
@@ -197,17 +204,42 @@ def extract_contrastive(
     # Sorting by prefix length cuts padding; sums are order-independent up to float64 rounding.
     order = sorted(plans, key=lambda p: len(p.prefix))
     d_model = int(model.cfg.d_model)
-    sums = torch.zeros((2, len(chosen), d_model), dtype=torch.float64)
+    settings = {
+        "model": model_identity(model).config_hash,
+        "dataset": dataset.content_hash,
+        "layers": chosen,
+        "site": site,
+        "rule": rule_name(position_rule),
+        "batch_size": batch_size,
+        "keep": keep_examples,
+        "example_dtype": str(example_dtype),
+        "system": system,
+        "style": style,
+    }
+    key = run_key(settings)
+    state = load_state(Path(checkpoint), key) if checkpoint is not None else None
+    sums = state.sums.clone() if state else torch.zeros((2, len(chosen), d_model), dtype=torch.float64)
     kept: list[tuple[int, Tensor]] = []
+    if state is not None and state.kept is not None:
+        kept = list(zip(state.kept_indices, state.kept.unbind(0), strict=True))
+    done = state.batches_done if state else 0
+    starts = list(range(0, len(order), batch_size))
     bar = tqdm(total=len(order), desc=f"extract {dataset.name}", unit="pair", disable=not progress)
+    bar.update(min(done * batch_size, len(order)))
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
+        for batch_number, start in enumerate(starts[done:], start=done):
             batch = order[start : start + batch_size]
             acts = _run_batch(model, batch, names, stop, pad).to(torch.float64).cpu()
             sums[0] += acts[0::2].sum(0)
             sums[1] += acts[1::2].sum(0)
             if keep_examples:
                 kept.extend((p.index, acts[2 * i : 2 * i + 2].to(example_dtype)) for i, p in enumerate(batch))
+            if checkpoint is not None:
+                stacked_kept = torch.stack([a for _, a in kept]) if kept else None
+                progress_state = ExtractionState(
+                    batch_number + 1, sums, tuple(i for i, _ in kept), stacked_kept
+                )
+                save_state(Path(checkpoint), key, settings, progress_state)
             bar.update(len(batch))
     bar.close()
     examples = None
@@ -220,7 +252,7 @@ def extract_contrastive(
             tuple(p.labels[0] for p in by_index),
             tuple(p.labels[1] for p in by_index),
         )
-    return ContrastiveActivations(
+    result = ContrastiveActivations(
         chosen,
         site,
         rule_name(position_rule),
@@ -231,6 +263,9 @@ def extract_contrastive(
         sums[1].float(),
         examples,
     )
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
+    return result
 
 
 def prompt_pair_tokens(tokenizer, pair: PromptPair, prepend_bos: bool = True) -> tuple[list[int], list[int]]:

@@ -10,8 +10,6 @@ refused on load instead of steering with garbage.
 import hashlib
 import json
 import math
-import os
-import uuid
 from dataclasses import asdict, dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from caa_lens.files import atomic_write_bytes
 from caa_lens.models import ModelIdentity, model_identity
 
 FORMAT_VERSION = 1
@@ -267,23 +266,6 @@ def make_provenance(
     )
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are mode 0600 and os.replace keeps that, so saved vectors were
-    # unreadable by anyone else. O_EXCL with mode 0666 gets a fresh name and the user's umask.
-    temporary = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp"))
-    handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def sidecar_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
@@ -306,8 +288,8 @@ def save_vector(vector: SteeringVector, path: str | Path) -> Path:
         "provenance": vector.provenance.to_json(),
         "file": {"name": path.name, "bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()},
     }
-    _atomic_write(path, payload)
-    _atomic_write(sidecar_path(path), json.dumps(sidecar, indent=1).encode())
+    atomic_write_bytes(path, payload)
+    atomic_write_bytes(sidecar_path(path), json.dumps(sidecar, indent=1).encode())
     return path
 
 
