@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from caa_lens.data import ContrastiveDataset, ContrastiveItem, PromptPair, answer_label
 from caa_lens.hooks import check_layers, check_site, hook_name, stop_layer_for
 from caa_lens.models import model_identity
-from caa_lens.prompts import FormattedPrompt, PromptStyle, format_prompt, left_pad, pad_token_id
+from caa_lens.prompts import FormattedPrompt, PromptStyle, check_fits, format_prompt, left_pad, pad_token_id
 from caa_lens.resume import ExtractionState, load_state, run_key, save_state
 
 PositionRule = Literal["answer", "last"] | Callable[[FormattedPrompt], int]
@@ -197,10 +197,12 @@ def extract_contrastive(
     names = [hook_name(model, layer, site) for layer in chosen]
     stop = stop_layer_for(chosen)
     pad = pad_token_id(model.tokenizer)
-    plans = [
-        _plan(pair_prompts(model.tokenizer, item, system, style), index, position_rule, item)
-        for index, item in enumerate(dataset)
-    ]
+    plans = []
+    for index, item in enumerate(dataset):
+        prompts = pair_prompts(model.tokenizer, item, system, style)
+        for prompt in prompts:
+            check_fits(model, len(prompt), f"{dataset.source or dataset.name}: item {index}")
+        plans.append(_plan(prompts, index, position_rule, item))
     # Sorting by prefix length cuts padding; sums are order-independent up to float64 rounding.
     order = sorted(plans, key=lambda p: len(p.prefix))
     d_model = int(model.cfg.d_model)

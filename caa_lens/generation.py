@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from caa_lens.prompts import FormattedPrompt, format_prompt, left_pad, pad_token_id
+from caa_lens.prompts import FormattedPrompt, check_fits, format_prompt, left_pad, pad_token_id
 from caa_lens.steering import MODES, Injection, steer_start_columns, steering
 
 
@@ -122,6 +122,8 @@ def generate(
 
     _check_arguments(max_new_tokens, temperature, top_p)
     formatted = [p if isinstance(p, FormattedPrompt) else format_prompt(model.tokenizer, p) for p in prompts]
+    for row, prompt in enumerate(formatted):
+        check_fits(model, len(prompt) + max_new_tokens, f"prompt {row} plus {max_new_tokens} new tokens")
     if not formatted:
         raise ValueError("no prompts to generate from")
     injections = (injections,) if isinstance(injections, Injection) else tuple(injections)

@@ -160,6 +160,17 @@ def format_prompt(
     return FormattedPrompt(tuple(ids), text, steer_start, answer_position)
 
 
+def check_fits(model, length: int, where: str) -> None:
+    """Refuse a sequence longer than the model's context window, naming where it came from.
+
+    Past ``n_ctx`` rotary models silently extrapolate and learned-position models fail deep inside
+    torch; either way the number would be wrong, so it is an error here.
+    """
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx and length > int(n_ctx):
+        raise ValueError(f"{where}: {length} tokens exceed the model's context of {int(n_ctx)} tokens")
+
+
 def pad_token_id(tokenizer) -> int:
     """The id used to fill padded positions (they are masked, so any valid id works)."""
     for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.bos_token_id):
