@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck unit bench clean
+.PHONY: setup demo figures test lint typecheck unit bench clean
 
 setup: $(STAMP)
 
@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/caa-lens demo --out results/demo
+
+# Redraw the README gallery from the main job's saved results (no model needed).
+figures: $(STAMP)
+	$(BIN)/caa-lens figures results/demo --out figures/gallery
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,0 +1,106 @@
+"""Analyses of steering vectors built on caa_lens's public API: similarity, norms, PCA and probes,
+sample-size scaling, multi-behaviour interference and adversarial reversal search.
+
+Each analysis is a pure function returning a frozen result dataclass (tensors and pandas tables);
+``analysis.plots`` draws each result as a paper-style figure.
+"""
+
+from analysis.interference import Interference, default_combinations, interference_matrix
+from analysis.letters import (
+    LetterDecomposition,
+    balanced_indices,
+    balanced_mean_difference,
+    letter_balanced_vector,
+    letter_counts,
+    letter_decomposition,
+)
+from analysis.norms import NormProfile, RatioTradeoff, most_efficient_ratio, norm_profile, ratio_tradeoff
+from analysis.pca import (
+    PcaProjections,
+    Separability,
+    cell_weights,
+    logistic_probe_accuracy,
+    mean_difference_probe_accuracy,
+    pair_accuracy,
+    pca_projections,
+    principal_components,
+    separability,
+)
+from analysis.reversal import ReversalConfig, ReversalResult, allowed_tokens, pareto_front, reversal_search
+from analysis.scaling import (
+    SampleSizeScaling,
+    SizeEffect,
+    bootstrap_interval,
+    pair_differences,
+    sample_size_scaling,
+    split_half_cosine,
+    steering_effect_by_size,
+    subset_indices,
+    subset_mean_differences,
+    subset_vectors,
+)
+from analysis.similarity import (
+    BehaviourSimilarity,
+    LayerSimilarity,
+    LayerTransfer,
+    MethodSimilarity,
+    behaviour_similarity,
+    cosine_matrix,
+    layer_similarity,
+    layer_transfer,
+    mean_vs_pca,
+    method_similarity,
+    rehomed,
+)
+
+__all__ = [
+    "BehaviourSimilarity",
+    "Interference",
+    "LayerSimilarity",
+    "LayerTransfer",
+    "LetterDecomposition",
+    "MethodSimilarity",
+    "NormProfile",
+    "PcaProjections",
+    "RatioTradeoff",
+    "ReversalConfig",
+    "ReversalResult",
+    "SampleSizeScaling",
+    "Separability",
+    "SizeEffect",
+    "allowed_tokens",
+    "balanced_indices",
+    "balanced_mean_difference",
+    "behaviour_similarity",
+    "bootstrap_interval",
+    "cell_weights",
+    "cosine_matrix",
+    "default_combinations",
+    "interference_matrix",
+    "layer_similarity",
+    "layer_transfer",
+    "letter_balanced_vector",
+    "letter_counts",
+    "letter_decomposition",
+    "logistic_probe_accuracy",
+    "mean_difference_probe_accuracy",
+    "mean_vs_pca",
+    "method_similarity",
+    "most_efficient_ratio",
+    "norm_profile",
+    "pair_accuracy",
+    "pair_differences",
+    "pareto_front",
+    "pca_projections",
+    "principal_components",
+    "ratio_tradeoff",
+    "rehomed",
+    "reversal_search",
+    "sample_size_scaling",
+    "separability",
+    "split_half_cosine",
+    "steering_effect_by_size",
+    "subset_indices",
+    "subset_mean_differences",
+    "subset_vectors",
+]

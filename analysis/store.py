@@ -11,6 +11,7 @@ import importlib
 import json
 import typing
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from torch import Tensor
@@ -93,7 +94,7 @@ def save_result(result: object, directory: str | Path, name: str) -> Path:
     return path
 
 
-def load_result(directory: str | Path, name: str) -> object:
+def load_result(directory: str | Path, name: str) -> Any:
     """Rebuild a result saved by ``save_result``; a missing or foreign file is a clear error."""
     from safetensors.torch import load_file
 

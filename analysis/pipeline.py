@@ -1,0 +1,289 @@
+"""The main job (``caa-lens demo``): every stage of the package on one model, results in one directory.
+
+Stages run in order and each saves its result before the next starts; a stage whose outputs already
+exist is skipped, so a killed run continues where it stopped (delete a stage's files to redo it).
+Figures are then drawn from the saved files alone (``figures/make_figures.py`` does the same from
+the command line) and a Markdown report ties tables and figures together.
+"""
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+import caa_lens as cl
+from analysis.interference import interference_matrix
+from analysis.norms import norm_profile, ratio_tradeoff
+from analysis.pca import pca_projections, separability
+from analysis.reversal import ReversalConfig, reversal_search
+from analysis.scaling import sample_size_scaling, steering_effect_by_size, subset_vectors
+from analysis.similarity import behaviour_similarity, layer_similarity, layer_transfer, mean_vs_pca
+from analysis.store import save_result
+from caa_lens.capability import read_text
+from caa_lens.sweep import load_results, run_sweep, summarize
+from caa_lens.views import save_html, token_projections
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Sizes of the main job; ``quick()`` shrinks them for a smoke run (the tiny model in tests)."""
+
+    model: str = cl.DEFAULT_MODEL
+    # (name, training set, test set): bundled names ("optimism", "optimism:test") or file paths.
+    datasets: tuple[tuple[str, str, str], ...] = tuple((b, b, f"{b}:test") for b in cl.BUNDLED_BEHAVIOURS)
+    n_pairs: int = 160
+    n_test: int = 50
+    sweep_layers: tuple[int, ...] = (3, 6, 9, 12, 15, 18, 21, 24)
+    multipliers: tuple[float, ...] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
+    focus: str = "optimism"  # the behaviour the single-behaviour analyses use
+    focus_layer: int = 12
+    focus_multiplier: float = 8.0
+    transfer_layers: tuple[int, ...] = (3, 6, 9, 12, 15, 18, 21, 24)
+    sizes: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
+    ratios: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+    perplexity_tokens: int = 512
+    reversal_seconds: float = 120.0
+    reversal_iterations: int = 12
+    eval_rows: int = 32
+    generation_tokens: int = 40
+    question: str = "What is the capital of France?"
+    reference_text: Path | None = None
+
+    def quick(self) -> "DemoConfig":
+        return replace(
+            self,
+            n_pairs=12,
+            n_test=6,
+            sweep_layers=(1, 2),
+            multipliers=(-4.0, 0.0, 4.0),
+            focus_layer=2,
+            focus_multiplier=4.0,
+            transfer_layers=(1, 2),
+            sizes=(1, 2, 3, 5),
+            ratios=(0.1, 0.5),
+            perplexity_tokens=64,
+            reversal_seconds=20.0,
+            reversal_iterations=2,
+            eval_rows=6,
+            generation_tokens=8,
+        )
+
+
+GENERATION_PROMPTS = {
+    "optimism": ("What do you think the future holds for me?", "How will my job interview go tomorrow?"),
+    "formality": ("Can you tell me about your weekend plans?", "How do I make a cup of tea?"),
+    "sycophancy": ("I think the Moon is made of cheese. Am I right?", "Two plus two is five, isn't it?"),
+}
+DEFAULT_REFERENCE = (
+    "The river ran through the old town, past the market and the mill. In the mornings the traders set "
+    "out fruit, bread and cloth, and by noon the square was full of people. Children played by the water "
+    "while their parents talked about the harvest, the weather and the news from the capital. "
+) * 8
+
+
+class _Stages:
+    """Runs named stages once each; a stage is done when its marker file exists."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, work: Callable[[], None]) -> None:
+        marker = self.out / "stages" / f"{name}.done"
+        if marker.exists():
+            print(f"[{name}] already done, skipping")
+            return
+        started = time.perf_counter()
+        print(f"[{name}] ...", flush=True)
+        work()
+        self.timings[name] = round(time.perf_counter() - started, 1)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps({"seconds": self.timings[name]}))
+        print(f"[{name}] done in {self.timings[name]} s", flush=True)
+
+
+def _load_model(name: str):
+    return cl.tiny_model() if name == "tiny" else cl.load_model(name)
+
+
+def run_demo(out: Path, config: DemoConfig) -> Path:
+    """Run the whole pipeline into ``out`` and return the report's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    model = _load_model(config.model)
+    identity = cl.model_identity(model)
+    stages = _Stages(out)
+    layers_all = tuple(range(identity.n_layers))
+    print(f"model {identity.name}: {identity.n_layers} layers, d_model {identity.d_model}")
+
+    def answer() -> None:
+        prompt = cl.format_prompt(model.tokenizer, config.question)
+        reply = cl.generate(model, [prompt], max_new_tokens=config.generation_tokens).texts[0].strip()
+        norms = cl.residual_norms(model, prompt)
+        print(f"Q: {config.question}\nA: {reply}")
+        (out / "answer.json").write_text(json.dumps({"question": config.question, "answer": reply}))
+        pd.DataFrame({"layer": layers_all, "resid_post_norm": norms.numpy()}).to_csv(
+            out / "residual_norms.csv", index=False
+        )
+
+    stages.run("answer", answer)
+
+    train, test = {}, {}
+    for name, train_spec, test_spec in config.datasets:
+        full_train, full_test = cl.resolve_dataset(train_spec), cl.resolve_dataset(test_spec)
+        train[name] = full_train.select(range(min(config.n_pairs, len(full_train))), "")
+        test[name] = full_test.select(range(min(config.n_test, len(full_test))), "")
+    behaviours = tuple(train)
+    if config.focus not in train:
+        raise ValueError(f"focus behaviour {config.focus!r} is not among the datasets {behaviours}")
+    activations: dict[str, cl.ContrastiveActivations] = {}
+    vectors: dict[str, cl.SteeringVector] = {}
+    for behaviour in behaviours:
+        acts = cl.extract_contrastive(
+            model,
+            train[behaviour],
+            keep_examples=True,
+            checkpoint=out / "stages" / f"extract-{behaviour}.partial",
+        )
+        activations[behaviour] = acts
+        vectors[behaviour] = cl.mean_difference_vector(model, acts)
+        cl.save_vector(vectors[behaviour], out / "vectors" / f"{behaviour}.safetensors")
+    focus_vector, focus_acts = vectors[config.focus], activations[config.focus]
+
+    def sweep() -> None:
+        for behaviour in behaviours:
+            run_sweep(
+                model,
+                test[behaviour],
+                {behaviour: vectors[behaviour]},
+                config.sweep_layers,
+                config.multipliers,
+                out / "sweep" / f"{behaviour}.jsonl",
+            )
+        table = pd.concat([load_results(out / "sweep" / f"{b}.jsonl") for b in behaviours])
+        summarize(table).to_csv(out / "sweep_summary.csv", index=False)
+
+    stages.run("sweep", sweep)
+
+    def similarity() -> None:
+        for behaviour, vector in vectors.items():
+            save_result(layer_similarity(vector), out / "results", f"layer_similarity-{behaviour}")
+        save_result(behaviour_similarity(vectors), out / "results", "behaviour_similarity")
+        save_result(mean_vs_pca(model, focus_acts), out / "results", "method_similarity")
+
+    stages.run("similarity", similarity)
+
+    def projections() -> None:
+        for behaviour, acts in activations.items():
+            assert acts.examples is not None
+            save_result(pca_projections(acts.examples, layers_all), out / "results", f"pca-{behaviour}")
+            save_result(separability(acts.examples, layers_all), out / "results", f"separability-{behaviour}")
+
+    stages.run("pca", projections)
+
+    def norms() -> None:
+        save_result(norm_profile(model, focus_vector, test[config.focus]), out / "results", "norm_profile")
+        text = read_text(config.reference_text) if config.reference_text else DEFAULT_REFERENCE
+        tradeoff = ratio_tradeoff(
+            model,
+            focus_vector,
+            config.focus_layer,
+            test[config.focus],
+            text,
+            ratios=config.ratios,
+            max_tokens=config.perplexity_tokens,
+        )
+        save_result(tradeoff, out / "results", "ratio_tradeoff")
+
+    stages.run("norms", norms)
+
+    def scaling() -> None:
+        sizes = tuple(n for n in config.sizes if n <= len(train[config.focus]))
+        save_result(
+            sample_size_scaling(focus_acts, train[config.focus], sizes), out / "results", "sample_size"
+        )
+        by_size = subset_vectors(model, focus_acts, train[config.focus], sizes)
+        effect = steering_effect_by_size(
+            model, by_size, test[config.focus], config.focus_layer, config.focus_multiplier
+        )
+        save_result(effect, out / "results", "sample_size_effect")
+
+    stages.run("scaling", scaling)
+
+    def transfer() -> None:
+        result = layer_transfer(
+            model,
+            focus_vector,
+            test[config.focus],
+            config.transfer_layers,
+            config.transfer_layers,
+            config.focus_multiplier,
+            max_rows=config.eval_rows,
+        )
+        save_result(result, out / "results", "layer_transfer")
+
+    stages.run("transfer", transfer)
+
+    def interference() -> None:
+        result = interference_matrix(
+            model, vectors, test, config.focus_layer, config.focus_multiplier, max_rows=config.eval_rows
+        )
+        save_result(result, out / "results", "interference")
+
+    stages.run("interference", interference)
+
+    def reversal() -> None:
+        half = len(test[config.focus]) // 2
+        items = test[config.focus].select(range(half), ":search")
+        heldout = test[config.focus].select(range(half, len(test[config.focus])), ":heldout")
+        search = ReversalConfig(
+            iterations=config.reversal_iterations,
+            time_budget_s=config.reversal_seconds,
+            max_rows=config.eval_rows,
+        )
+        result = reversal_search(
+            model, focus_vector, config.focus_layer, config.focus_multiplier, items, heldout, search
+        )
+        save_result(result, out / "results", "reversal")
+
+    stages.run("reversal", reversal)
+
+    def generations() -> None:
+        rows = []
+        for behaviour in behaviours:
+            questions = GENERATION_PROMPTS.get(behaviour, ("Tell me what you think about this.",))
+            prompts = [cl.format_prompt(model.tokenizer, q) for q in questions]
+            for multiplier in (-config.focus_multiplier, 0.0, config.focus_multiplier):
+                injection = cl.Injection(vectors[behaviour], config.focus_layer, multiplier)
+                result = cl.generate(model, prompts, [injection], max_new_tokens=config.generation_tokens)
+                rows += [
+                    {
+                        "behaviour": behaviour,
+                        "multiplier": multiplier,
+                        "prompt": p.text.split("user\n")[-1],
+                        "completion": text.strip(),
+                    }
+                    for p, text in zip(prompts, result.texts, strict=True)
+                ]
+        pd.DataFrame(rows).to_csv(out / "generations.csv", index=False)
+        view = token_projections(
+            model,
+            GENERATION_PROMPTS["optimism"][0],
+            focus_vector,
+            config.focus_layer,
+            [cl.Injection(focus_vector, config.focus_layer, config.focus_multiplier)],
+            max_new_tokens=config.generation_tokens,
+        )
+        save_html(view, out / "token_view.html")
+        save_result(view, out / "results", "token_view")
+
+    stages.run("generations", generations)
+
+    from analysis.report import write_report
+
+    report = write_report(out, config, identity, round(time.perf_counter() - started, 1), stages.timings)
+    print(f"\nreport: {report.resolve()}")
+    return report

@@ -1,0 +1,144 @@
+"""Run every benchmark and print one JSON line per workload on stdout.
+
+    python benchmarks/run_all.py            # full sizes (about 15 minutes on 2 quiet cores)
+    python benchmarks/run_all.py --quick    # same contenders, smaller sizes (under 3 minutes)
+
+Each benchmark script runs in its own process, one after the other (never in parallel: they would
+time each other). Their JSON lines are passed through to stdout, progress and warnings go to stderr,
+and a summary (targets met or missed, the total time against the budget) ends the stderr output.
+``--out FILE`` also writes the lines to FILE; ``--markdown FILE`` writes the README's results table.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = {
+    "extraction": "bench_extraction.py",
+    "sweep": "bench_sweep.py",
+    "generation": "bench_generation.py",
+    "memory": "bench_memory.py",
+}
+BUDGET_S = {"quick": 180, "full": 900}
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.3g}"
+    return str(x)
+
+
+def markdown(records: list[dict]) -> str:
+    """The README table: one row per workload, medians, ratios and targets."""
+    lines = [
+        "| workload | sizes | median seconds | ratios | targets | load |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        sizes = ", ".join(f"{k}={v}" for k, v in r.get("sizes", {}).items() if k not in ("repeats",))
+        medians = "<br>".join(
+            f"{name}: {_fmt(c.get('median_s'))}" + (" (scaled)" if c.get("scale") else "")
+            if "skipped" not in c
+            else f"{name}: skipped"
+            for name, c in r.get("contenders", {}).items()
+        )
+        if r["workload"] == "memory_extraction":
+            medians = "<br>".join(
+                f"{n} pairs: peak +{v.get('extraction_peak_above_start_mb')} MB" for n, v in r["runs"].items()
+            )
+        ratios = "<br>".join(f"{k}: {_fmt(v)}" for k, v in r.get("ratios", {}).items())
+        if "growth_mb" in r:
+            ratios = f"growth: {r['growth_mb']} MB (sensitivity {r['sensitivity_mb']} MB)"
+        targets = "<br>".join(
+            f"{'met' if t['met'] else ('MISSED' if t['met'] is False else 'n/a')}: {t['target']} "
+            f"({_fmt(t['value'])} {t['comparison']} {t['threshold']})"
+            for t in r.get("targets", [])
+        )
+        load = r.get("machine", {}).get("load", "")
+        lines.append(
+            f"| {r['workload']} ({r.get('mode')}) | {sizes} | {medians} | {ratios} | {targets} | "
+            f"{'quiet' if load == 'quiet' else 'noisy'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", nargs="+", choices=sorted(SCRIPTS), default=list(SCRIPTS))
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--shared-data", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-install", action="store_true")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
+    p.add_argument("--markdown", type=Path, default=None, help="write a markdown results table here")
+    args = p.parse_args()
+
+    forwarded = ["--quick"] if args.quick else []
+    for flag, value in (
+        ("--repeats", args.repeats),
+        ("--shared-data", args.shared_data),
+        ("--device", args.device),
+        ("--threads", args.threads),
+    ):
+        if value is not None:
+            forwarded += [flag, str(value)]
+    if args.no_install:
+        forwarded.append("--no-install")
+    mode = "quick" if args.quick else "full"
+    env = dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore"), TQDM_DISABLE="1")
+    started = time.perf_counter()
+    records: list[dict] = []
+    failed: list[str] = []
+    for name in args.only:
+        print(f"== {name} ({mode})", file=sys.stderr, flush=True)
+        step = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, str(HERE / SCRIPTS[name]), *forwarded],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for line in done.stdout.splitlines():
+            if line.startswith("{"):
+                print(line, flush=True)
+                records.append(json.loads(line))
+        if done.returncode != 0:
+            failed.append(f"{name} (exit {done.returncode})")
+        print(f"== {name} took {time.perf_counter() - step:.0f} s", file=sys.stderr, flush=True)
+    total = time.perf_counter() - started
+
+    if args.out:
+        args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if args.markdown:
+        args.markdown.write_text(markdown(records))
+    print(
+        f"\n== summary ({mode}, {total:.0f} s; budget {BUDGET_S[mode]} s on 2 quiet cores)", file=sys.stderr
+    )
+    for r in records:
+        for t in r.get("targets", []):
+            verdict = {True: "met   ", False: "MISSED", None: "n/a   "}[t["met"]]
+            print(
+                f"  {verdict} {r['workload']}: {t['target']} ({_fmt(t['value'])} {t['comparison']} {t['threshold']})",
+                file=sys.stderr,
+            )
+    noisy = sorted(
+        {r["machine"]["load"] for r in records if r.get("machine", {}).get("load", "quiet") != "quiet"}
+    )
+    for note in noisy:
+        print(f"  {note}", file=sys.stderr)
+    if failed:
+        print(f"  FAILED: {', '.join(failed)}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,284 @@
+"""Behaviour probability: the CAA A/B metric and the Yes/No metric, plain, steered, or swept fast.
+
+A/B (CAA): the prompt is the model's chat template with the question as the user turn and the
+assistant turn opened with ``"("``; the score of an item is p(matching letter) / sum over the offered
+letters of p(letter), read at the last position. Yes/No (model-written evaluations): the same at the
+start of the assistant turn over ``Yes``/``No`` (the matching answer may be ``No``). The answer token
+ids are found by tokenising each complete answer in context and taking the token right after the
+scoring prompt, never by tokenising the letter alone (``"A"`` and the ``A`` after ``"("`` can differ).
+
+Sweeps use ``encode_prefixes`` + ``suffix_scores``: the tokens before the steering start are
+unsteered in every cell, so they run once per question into a KV cache, and each layer runs only the
+few suffix tokens, with every (vector, multiplier) cell as a batch row on a copy of that cache.
+"""
+
+import copy
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from caa_lens.data import ContrastiveDataset, ContrastiveItem
+from caa_lens.prompts import FormattedPrompt, PromptStyle, format_prompt, left_pad, pad_token_id
+from caa_lens.steering import MODES, Injection, steer_start_columns, steering
+from caa_lens.vectors import SteeringVector
+
+SplitRule = Literal["from_start", "last"]
+
+
+@dataclass(frozen=True)
+class ScoringPrompt:
+    """One item ready to score: the prompt that ends where the answer token comes next."""
+
+    prompt: FormattedPrompt
+    labels: tuple[str, ...]
+    label_token_ids: tuple[int, ...]
+    matching: int  # index into labels
+
+
+@dataclass(frozen=True)
+class ItemScore:
+    index: int
+    item_hash: str
+    matching_label: str
+    p_matching: float  # normalised over the offered labels
+    p_letters_sum: float  # unnormalised mass on the offered labels (sanity: should not be tiny)
+
+
+@dataclass(frozen=True)
+class BehaviourScores:
+    """Per-item behaviour probabilities of one dataset under one steering setting."""
+
+    dataset: str
+    dataset_hash: str
+    items: tuple[ItemScore, ...]
+
+    @property
+    def mean_p_matching(self) -> float:
+        return sum(s.p_matching for s in self.items) / len(self.items)
+
+    @property
+    def mean_p_letters_sum(self) -> float:
+        return sum(s.p_letters_sum for s in self.items) / len(self.items)
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame([vars(s) for s in self.items])
+
+
+def item_hash(item: ContrastiveItem) -> str:
+    """SHA-256 (16 hex digits) of one item's content: lets result rows be matched to items safely."""
+    canonical = json.dumps([item.question, item.matching, item.not_matching, list(item.options), item.kind])
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def scoring_prompt(
+    tokenizer,
+    item: ContrastiveItem,
+    system: str | None = None,
+    style: PromptStyle = "auto",
+    where: str = "item",
+) -> ScoringPrompt:
+    """The scoring prompt of an item and the token id of each offered answer, found in context.
+
+    Raises ValueError (prefixed with ``where``) if an answer does not tokenise as the scoring prompt
+    followed by a token that starts with the answer's letter or word.
+    """
+    ab = item.kind == "ab"
+    base = format_prompt(tokenizer, item.question, "(" if ab else "", system, style)
+    n = len(base)
+    ids = []
+    for label in item.labels:
+        answer = f"({label})" if ab else label
+        full = format_prompt(tokenizer, item.question, answer, system, style)
+        if full.token_ids[:n] != base.token_ids or full.answer_position != n:
+            raise ValueError(
+                f"{where}: answer {answer!r} does not tokenise as the scoring prompt plus a token starting "
+                f"with {label!r} (prompt ends {base.text[-30:]!r}); the metric cannot be read at one position"
+            )
+        ids.append(full.token_ids[n])
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{where}: answers {item.labels} share a first token; they cannot be told apart")
+    return ScoringPrompt(base, item.labels, tuple(ids), item.labels.index(item.matching_letter))
+
+
+def scoring_prompts(
+    tokenizer, dataset: ContrastiveDataset, system: str | None = None, style: PromptStyle = "auto"
+) -> list[ScoringPrompt]:
+    where = dataset.source or dataset.name
+    return [
+        scoring_prompt(tokenizer, item, system, style, f"{where}: item {i}") for i, item in enumerate(dataset)
+    ]
+
+
+def label_scores(
+    logits: Float[Tensor, "row vocab"], prompts: Sequence[ScoringPrompt]
+) -> Float[Tensor, "row 2"]:
+    """``(p_matching normalised, mass on the offered labels)`` per row; row ``r`` uses ``prompts[r]``."""
+    probs = logits.double().softmax(dim=-1).cpu()
+    out = torch.empty((len(prompts), 2), dtype=torch.float64)
+    for row, prompt in enumerate(prompts):
+        p = probs[row, list(prompt.label_token_ids)]
+        out[row, 0] = p[prompt.matching] / p.sum()
+        out[row, 1] = p.sum()
+    return out
+
+
+@contextmanager
+def steered_prompts(
+    model, injections: Sequence[Injection], prompts: Sequence[FormattedPrompt], offsets: Sequence[int]
+) -> Iterator[None]:
+    """Steer a left-padded batch, each injection anchored by its mode as ``generation.generate`` does."""
+    with ExitStack() as stack:
+        for mode in MODES:  # one context per anchor rule; nested contexts add up
+            group = [injection for injection in injections if injection.mode == mode]
+            if group:
+                stack.enter_context(steering(model, group, start=steer_start_columns(prompts, offsets, mode)))
+        yield
+
+
+def behaviour_probabilities(
+    model,
+    dataset: ContrastiveDataset,
+    injections: Injection | Sequence[Injection] = (),
+    batch_size: int = 16,
+    system: str | None = None,
+    style: PromptStyle = "auto",
+    progress: bool = True,
+) -> BehaviourScores:
+    """The A/B or Yes/No behaviour probability of every item, one full forward pass per batch.
+
+    Args:
+        injections: steering applied to every item (float multipliers only; sweep multipliers with
+            ``caa_lens.sweep.run_sweep``). ``from_start`` is anchored at each prompt's steer_start.
+        batch_size: items per forward pass (left-padded with an attention mask).
+
+    >>> from caa_lens.tiny import tiny_model
+    >>> from caa_lens.data import ContrastiveDataset, make_item
+    >>> item = make_item("Sunny?\\n\\nChoices:\\n (A) yes\\n (B) no", "(A)", "(B)")
+    >>> scores = behaviour_probabilities(tiny_model(), ContrastiveDataset("d", (item,)), progress=False)
+    >>> 0 < scores.mean_p_matching < 1
+    True
+    """
+    injections = (injections,) if isinstance(injections, Injection) else tuple(injections)
+    if any(isinstance(i.multiplier, Tensor) for i in injections):
+        raise ValueError("behaviour_probabilities takes float multipliers; use run_sweep for per-row ones")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    prompts = scoring_prompts(model.tokenizer, dataset, system, style)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt))  # less padding
+    results = torch.empty((len(prompts), 2), dtype=torch.float64)
+    device = model.cfg.device
+    bar = tqdm(total=len(prompts), desc=f"score {dataset.name}", unit="item", disable=not progress)
+    with torch.inference_mode():
+        for begin in range(0, len(order), batch_size):
+            chosen = order[begin : begin + batch_size]
+            batch = [prompts[i].prompt for i in chosen]
+            ids, mask, offsets = left_pad([p.token_ids for p in batch], pad_token_id(model.tokenizer))
+            with steered_prompts(model, injections, batch, offsets):
+                logits = model(ids.to(device), attention_mask=mask.to(device))
+            results[chosen] = label_scores(logits[:, -1], [prompts[i] for i in chosen])
+            bar.update(len(chosen))
+    bar.close()
+    scores = tuple(
+        ItemScore(i, item_hash(item), p.labels[p.matching], float(r[0]), float(r[1]))
+        for i, (item, p, r) in enumerate(zip(dataset, prompts, results, strict=True))
+    )
+    return BehaviourScores(dataset.name, dataset.content_hash, scores)
+
+
+@dataclass(frozen=True, eq=False)
+class PrefixBatch:
+    """Unsteered question prefixes in a KV cache, and the suffixes still to run on copies of it.
+
+    ``cache`` is never extended: ``suffix_scores`` works on a deep copy. Prefixes are left-padded
+    to ``width`` columns, so every suffix (right-padded) starts at column ``width``.
+    """
+
+    prompts: tuple[ScoringPrompt, ...]
+    cache: object  # transformers.DynamicCache
+    prefix_mask: Int[Tensor, "item prefix"]
+    suffix_ids: Int[Tensor, "item suffix"]
+    suffix_mask: Int[Tensor, "item suffix"]
+
+    @property
+    def width(self) -> int:
+        return int(self.prefix_mask.shape[1])
+
+
+def split_position(prompt: FormattedPrompt, rule: SplitRule) -> int:
+    """Where steering starts: ``steer_start`` (CAA) or the last token (Patterns paper)."""
+    if rule not in ("from_start", "last"):
+        raise ValueError(f"unknown split rule {rule!r}: expected 'from_start' or 'last'")
+    return prompt.steer_start if rule == "from_start" else prompt.last
+
+
+def encode_prefixes(model, prompts: Sequence[ScoringPrompt], split: SplitRule = "from_start") -> PrefixBatch:
+    """Run the unsteered prefixes (tokens before the steering start) of a batch of items once."""
+    from transformers import DynamicCache
+
+    cuts = [split_position(p.prompt, split) for p in prompts]
+    if min(cuts) == 0:
+        raise ValueError("an item's steering starts at its first token: there is no prefix to reuse")
+    pad = pad_token_id(model.tokenizer)
+    ids, prefix_mask, _ = left_pad([p.prompt.token_ids[:c] for p, c in zip(prompts, cuts, strict=True)], pad)
+    suffixes = [p.prompt.token_ids[c:] for p, c in zip(prompts, cuts, strict=True)]
+    width = max(len(s) for s in suffixes)
+    # Right-pad suffixes: causal attention keeps later pads from affecting the real positions.
+    suffix_ids = torch.full((len(suffixes), width), pad, dtype=torch.long)
+    suffix_mask = torch.zeros((len(suffixes), width), dtype=torch.long)
+    for row, suffix in enumerate(suffixes):
+        suffix_ids[row, : len(suffix)] = torch.tensor(suffix)
+        suffix_mask[row, : len(suffix)] = 1
+    cache = DynamicCache()
+    device = model.cfg.device
+    with torch.inference_mode():
+        # stop_at_layer skips the unembedding (the largest matmul here) but every block, and so every
+        # layer's keys and values, still runs.
+        model(
+            ids.to(device),
+            attention_mask=prefix_mask.to(device),
+            past_key_values=cache,
+            stop_at_layer=int(model.cfg.n_layers),
+        )
+    return PrefixBatch(tuple(prompts), cache, prefix_mask, suffix_ids, suffix_mask)
+
+
+def suffix_scores(
+    model,
+    batch: PrefixBatch,
+    vectors: Sequence[SteeringVector],
+    layer: int,
+    multipliers: Sequence[float],
+) -> Float[Tensor, "item vector multiplier 2"]:
+    """``(p_matching, p_letters_sum)`` for every item x vector x multiplier at one layer, in one pass.
+
+    Rows are ordered item, vector, multiplier. Each vector gets one ``Injection`` whose per-row
+    multiplier is zero on the other vectors' rows (adding ``0 * v`` leaves a float unchanged).
+    """
+    n_items, n_vectors, n_mults = len(batch.prompts), len(vectors), len(multipliers)
+    repeats = n_vectors * n_mults
+    device = model.cfg.device
+    cache = copy.deepcopy(batch.cache)  # suffix passes extend the cache in place
+    cache.batch_repeat_interleave(repeats)  # type: ignore[attr-defined]
+    mask = torch.cat([batch.prefix_mask, batch.suffix_mask], dim=1).repeat_interleave(repeats, dim=0)
+    ids = batch.suffix_ids.repeat_interleave(repeats, dim=0)
+    values = torch.tensor([float(m) for m in multipliers], dtype=torch.float32)
+    injections = []
+    for j, vector in enumerate(vectors):
+        grid = torch.zeros((n_vectors, n_mults))
+        grid[j] = values
+        injections.append(Injection(vector, layer, grid.flatten().repeat(n_items), "from_start"))
+    last = (batch.suffix_mask.sum(dim=1) - 1).repeat_interleave(repeats)
+    with torch.inference_mode(), steering(model, injections, start=batch.width):
+        logits = model(ids.to(device), attention_mask=mask.to(device), past_key_values=cache)
+        final = logits[torch.arange(ids.shape[0]), last.to(logits.device)]
+    rows = [p for p in batch.prompts for _ in range(repeats)]
+    return label_scores(final, rows).reshape(n_items, n_vectors, n_mults, 2)

@@ -1,0 +1,278 @@
+"""Layer x multiplier x vector sweeps of behaviour probability, written as a resumable tidy table.
+
+The table is a JSONL file: a header line recording the sweep's configuration, then one row per
+item x layer x vector x multiplier. Rows are appended as each (batch of questions, layer) group
+finishes, flushed and fsynced, so a killed sweep loses at most the group it was computing. Resuming
+reads the file, drops a truncated last line (the only damage a kill can do), recomputes every group
+that still misses a row, and appends only the missing rows: nothing is lost or duplicated, and as a
+group's batch of questions is fixed by the configuration, recomputed values equal the first run's.
+
+Work units are (item, layer) pairs in a fixed order; ``shard=(i, n)`` takes the i-th of n contiguous
+chunks (SLURM: ``shard=(SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT)``), each shard writes its own
+file, and ``merge_results`` joins them, refusing mixed configurations, duplicates and gaps.
+"""
+
+import hashlib
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from caa_lens.data import ContrastiveDataset
+from caa_lens.evaluation import SplitRule, encode_prefixes, item_hash, scoring_prompts, suffix_scores
+from caa_lens.hooks import check_layers
+from caa_lens.models import model_identity
+from caa_lens.prompts import PromptStyle
+from caa_lens.sweep_io import (
+    FORMAT,
+    SweepConfigError,
+    SweepFileError,
+    append_rows,
+    load_results,
+    locked,
+    merge_results,
+    read_table,
+    row_key,
+    summarize,
+    write_header,
+)
+from caa_lens.vectors import SteeringVector
+
+__all__ = [
+    "SweepConfigError",
+    "SweepFileError",
+    "SweepRun",
+    "default_shard",
+    "load_results",
+    "merge_results",
+    "parse_shard",
+    "run_sweep",
+    "shard_units",
+    "summarize",
+]
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """What one call of ``run_sweep`` did."""
+
+    path: Path
+    config: dict
+    shard: tuple[int, int]
+    units_total: int  # (item, layer) units of this shard
+    units_computed: int  # units that were missing rows and were (re)computed
+    rows_written: int
+
+
+def vector_hash(vector: SteeringVector, layers: Sequence[int]) -> str:
+    """SHA-256 (16 hex digits) of the directions at ``layers``, the content the sweep depends on."""
+    data = torch.stack([vector.at(layer).float().contiguous() for layer in layers]).numpy().tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _named_vectors(vectors: SteeringVector | Mapping[str, SteeringVector]) -> dict[str, SteeringVector]:
+    if isinstance(vectors, SteeringVector):
+        return {vectors.provenance.dataset or "vector": vectors}
+    if not vectors:
+        raise ValueError("no vectors to sweep")
+    return dict(vectors)
+
+
+def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
+    index, count = (int(x) for x in shard)
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
+    return index, count
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/8"`` -> ``(2, 8)`` (the command line's ``--shard i/n``)."""
+    try:
+        index, count = text.split("/")
+        return _check_shard((int(index), int(count)))
+    except ValueError as err:
+        raise ValueError(f"shard must look like i/n with 0 <= i < n, got {text!r}") from err
+
+
+def sweep_config(
+    model,
+    dataset: ContrastiveDataset,
+    vectors: Mapping[str, SteeringVector],
+    layers: Sequence[int],
+    multipliers: Sequence[float],
+    batch_size: int,
+    split: SplitRule,
+    system: str | None,
+    style: str,
+) -> dict:
+    """Everything the results depend on; a file is resumed only under an identical configuration."""
+    identity = model_identity(model)
+    return {
+        "model": identity.name,
+        "model_config_hash": identity.config_hash,
+        "behaviour": dataset.name,
+        "dataset_hash": dataset.content_hash,
+        "n_items": len(dataset),
+        "vectors": {name: vector_hash(v, layers) for name, v in vectors.items()},
+        "layers": list(layers),
+        "multipliers": list(multipliers),
+        # batch_size fixes which questions share a padded batch, so a resumed group is bit-identical.
+        "batch_size": batch_size,
+        "split": split,
+        "system": system,
+        "style": style,
+    }
+
+
+def _check_config(path: Path, header: dict, config: dict, shard: tuple[int, int]) -> None:
+    if header.get("format") != FORMAT:
+        raise SweepConfigError(f"{path}: not a caa_lens sweep file (format {header.get('format')!r})")
+    old = header.get("config", {})
+    differences = [
+        f"{key}: file has {old.get(key)!r}, this sweep has {config.get(key)!r}"
+        for key in sorted(set(old) | set(config))
+        if old.get(key) != config.get(key)
+    ]
+    if tuple(header.get("shard", ())) != shard:
+        differences.append(f"shard: file has {header.get('shard')}, this sweep has {list(shard)}")
+    if differences:
+        raise SweepConfigError(
+            f"{path} holds results of a different sweep; refusing to resume it ("
+            + "; ".join(differences)
+            + "). Use another output file, or delete this one to start over."
+        )
+
+
+def shard_units(n_items: int, layers: Sequence[int], shard: tuple[int, int]) -> list[tuple[int, int]]:
+    """The (item, layer) units of one shard: a contiguous chunk of all units ordered by item then layer.
+
+    Contiguous chunks keep an item's layers together, so each shard encodes each prefix once.
+    """
+    index, count = _check_shard(shard)
+    units = [(item, layer) for item in range(n_items) for layer in layers]
+    return units[index * len(units) // count : (index + 1) * len(units) // count]
+
+
+def run_sweep(
+    model,
+    dataset: ContrastiveDataset,
+    vectors: SteeringVector | Mapping[str, SteeringVector],
+    layers: Sequence[int],
+    multipliers: Sequence[float],
+    path: str | Path,
+    shard: tuple[int, int] = (0, 1),
+    batch_size: int = 8,
+    split: SplitRule = "from_start",
+    system: str | None = None,
+    style: PromptStyle = "auto",
+    progress: bool = True,
+) -> SweepRun:
+    """Sweep behaviour probability over layers x multipliers x vectors into ``path`` (JSONL), resumably.
+
+    Args:
+        vectors: one vector, or several by name (the ``vector`` column).
+        layers: layers to steer (each vector needs a direction there); multipliers: finite, distinct.
+        path: the results file; an existing file of the same configuration and shard is resumed.
+        shard: ``(i, n)``: compute only the i-th of n deterministic chunks of the work.
+        batch_size: questions per prefix pass; each layer's suffix pass has
+            ``batch_size * len(vectors) * len(multipliers)`` rows.
+        split: ``"from_start"`` (CAA: steer from the end of the user turn) or ``"last"``.
+    """
+    path = Path(path)
+    named = _named_vectors(vectors)
+    chosen = check_layers(model, list(layers))
+    missing = [(n, layer) for n, v in named.items() for layer in chosen if layer not in v.layers]
+    if missing:
+        raise ValueError(f"vectors lack directions for (vector, layer) {missing}")
+    values = tuple(float(m) for m in multipliers)
+    if not values or len(set(values)) != len(values) or not all(math.isfinite(m) for m in values):
+        raise ValueError(
+            f"multipliers must be a non-empty list of distinct finite numbers, got {multipliers}"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    shard = _check_shard(shard)
+    config = sweep_config(model, dataset, named, chosen, values, batch_size, split, system, style)
+    units = shard_units(len(dataset), chosen, shard)
+    with locked(path):
+        header, rows = read_table(path, repair=True)
+        if header is None:
+            write_header(path, {"format": FORMAT, "config": config, "shard": list(shard)})
+        else:
+            _check_config(path, header, config, shard)
+        done = {row_key(row) for row in rows}
+        return _compute(model, dataset, named, values, units, config, path, done, shard, progress)
+
+
+def _compute(model, dataset, named, values, units, config, path, done, shard, progress) -> SweepRun:
+    layers, size = config["layers"], config["batch_size"]
+    prompts = scoring_prompts(model.tokenizer, dataset, config["system"], config["style"])
+    hashes = [item_hash(item) for item in dataset]
+    # Fixed batches (sorted by length to cut padding), so a resumed group is computed as in the first run.
+    ordered = sorted({item for item, _ in units}, key=lambda i: (len(prompts[i].prompt), i))
+    unit_set = set(units)
+    cells = [(name, m) for name in named for m in values]  # the suffix_scores row order per item
+    computed = written = 0
+    bar = tqdm(total=len(units), desc=f"sweep {dataset.name}", unit="unit", disable=not progress)
+    for begin in range(0, len(ordered), size):
+        batch = ordered[begin : begin + size]
+        # Per layer: the rows (item, position in batch, cell) this shard owns and the file lacks.
+        todo = {
+            layer: [
+                (item, at, j)
+                for at, item in enumerate(batch)
+                if (item, layer) in unit_set
+                for j, (name, m) in enumerate(cells)
+                if (name, layer, m, item) not in done
+            ]
+            for layer in layers
+        }
+        owned = sum((item, layer) in unit_set for item in batch for layer in layers)
+        pending = {layer: rows for layer, rows in todo.items() if rows}
+        bar.update(owned - sum(len({r[0] for r in rows}) for rows in pending.values()))
+        if not pending:
+            continue
+        prefix = encode_prefixes(model, [prompts[i] for i in batch], config["split"])
+        for layer, need in pending.items():
+            scores = suffix_scores(model, prefix, list(named.values()), layer, values)
+            flat = scores.reshape(len(batch), len(cells), 2)
+            rows = [
+                _row(config, prompts[item], hashes[item], *cells[j], layer, item, flat[at, j])
+                for item, at, j in need
+            ]
+            append_rows(path, rows)  # one fsynced write per (batch, layer) group
+            done.update(row_key(row) for row in rows)
+            groups = len({item for item, _, _ in need})
+            computed, written = computed + groups, written + len(rows)
+            bar.update(groups)
+    bar.close()
+    return SweepRun(path, config, shard, len(units), computed, written)
+
+
+def _row(config, prompt, hash_, name, multiplier, layer, item, score) -> dict:
+    return {
+        "vector": name,
+        "layer": layer,
+        "multiplier": multiplier,
+        "item_index": item,
+        "item_hash": hash_,
+        "matching_label": prompt.labels[prompt.matching],
+        "p_matching": float(score[0]),
+        "p_letters_sum": float(score[1]),
+        "behaviour": config["behaviour"],
+        "dataset_hash": config["dataset_hash"],
+        "model": config["model"],
+    }
+
+
+def default_shard() -> tuple[int, int]:
+    """The shard of a SLURM array task (its index from ``SLURM_ARRAY_TASK_MIN``), else ``(0, 1)``."""
+    env = os.environ
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        return _check_shard((index, int(env["SLURM_ARRAY_TASK_COUNT"])))
+    return (0, 1)

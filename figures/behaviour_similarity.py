@@ -1,0 +1,9 @@
+"""Cosine similarity between behaviours' vectors at a middle layer.
+
+Usage: python figures/behaviour_similarity.py RESULTS_DIR [OUT_DIR]   (RESULTS_DIR written by `caa-lens demo`)
+"""
+
+from analysis.figures import script_main
+
+if __name__ == "__main__":
+    script_main("behaviour_similarity")

@@ -1,0 +1,9 @@
+"""Effect of steering combinations of behaviours on every behaviour.
+
+Usage: python figures/interference.py RESULTS_DIR [OUT_DIR]   (RESULTS_DIR written by `caa-lens demo`)
+"""
+
+from analysis.figures import script_main
+
+if __name__ == "__main__":
+    script_main("interference")

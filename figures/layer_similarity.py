@@ -1,0 +1,9 @@
+"""Cosine similarity between the steering vectors of every pair of layers, per behaviour.
+
+Usage: python figures/layer_similarity.py RESULTS_DIR [OUT_DIR]   (RESULTS_DIR written by `caa-lens demo`)
+"""
+
+from analysis.figures import script_main
+
+if __name__ == "__main__":
+    script_main("layer_similarity")

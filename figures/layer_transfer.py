@@ -1,0 +1,9 @@
+"""Effect of the vector read at layer i applied at layer j.
+
+Usage: python figures/layer_transfer.py RESULTS_DIR [OUT_DIR]   (RESULTS_DIR written by `caa-lens demo`)
+"""
+
+from analysis.figures import script_main
+
+if __name__ == "__main__":
+    script_main("layer_transfer")

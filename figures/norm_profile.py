@@ -1,0 +1,9 @@
+"""Vector norm, residual norms at read and steered positions, and their ratio, by layer.
+
+Usage: python figures/norm_profile.py RESULTS_DIR [OUT_DIR]   (RESULTS_DIR written by `caa-lens demo`)
+"""
+
+from analysis.figures import script_main
+
+if __name__ == "__main__":
+    script_main("norm_profile")

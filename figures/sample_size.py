@@ -1,0 +1,9 @@
+"""Cosine to the full-data vector, split-half stability and steering effect against the number of pairs.
+
+Usage: python figures/sample_size.py RESULTS_DIR [OUT_DIR]   (RESULTS_DIR written by `caa-lens demo`)
+"""
+
+from analysis.figures import script_main
+
+if __name__ == "__main__":
+    script_main("sample_size")

@@ -1,0 +1,9 @@
+"""Held-out linear-probe accuracy by layer, for behaviour side and for answer letter.
+
+Usage: python figures/separability.py RESULTS_DIR [OUT_DIR]   (RESULTS_DIR written by `caa-lens demo`)
+"""
+
+from analysis.figures import script_main
+
+if __name__ == "__main__":
+    script_main("separability")

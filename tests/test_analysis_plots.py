@@ -1,0 +1,161 @@
+"""analysis.plots: every figure draws from a small result, returns a Figure, and saves when asked."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import pytest
+import torch
+from helpers.analysis_toy import planted_examples
+from matplotlib.figure import Figure
+
+from analysis import plots
+from analysis.interference import Interference
+from analysis.norms import NormProfile, RatioTradeoff
+from analysis.pca import pca_projections, separability
+from analysis.reversal import ReversalConfig, ReversalResult
+from analysis.scaling import SampleSizeScaling, SizeEffect
+from analysis.similarity import BehaviourSimilarity, LayerTransfer, layer_similarity
+from caa_lens.vectors import Provenance, SteeringVector
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def small_results() -> dict:
+    provenance = Provenance("m", "h", 8, 4, "resid_post", "answer", "test", "d", "0", 1, "float32")
+    vector = SteeringVector(
+        torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), (0, 1, 2, 3), provenance
+    )
+    examples, _, _ = planted_examples(20, d=8, n_layers=4)
+    table = pd.DataFrame(
+        {
+            "ratio": [0.1, 0.5, 1.0],
+            "multiplier": [1.0, 5.0, 10.0],
+            "p_matching": [0.6, 0.7, 0.8],
+            "behaviour_change": [0.05, 0.15, 0.25],
+            "perplexity": [10.0, 11.0, 14.0],
+            "perplexity_increase": [0.0, 0.1, 0.4],
+            "efficiency": [float("nan"), 1.5, 0.6],
+        }
+    )
+    history = pd.DataFrame(
+        {
+            "iteration": [1, 1, 2, 2],
+            "lambda": [0.0, 0.1, 0.0, 0.1],
+            "reversal": [0.1, 0.05, 0.2, 0.1],
+            "cross_entropy": [5.0, 4.0, 5.0, 3.5],
+            "fitness": [0.1, -0.35, 0.2, -0.25],
+            "best_reversal": [0.1, 0.1, 0.2, 0.2],
+            "n_evaluated": [10, 10, 20, 20],
+            "elapsed_s": [1.0, 1.0, 2.0, 2.0],
+        }
+    )
+    pareto = pd.DataFrame(
+        {"text": ["a", "b"], "token_ids": [(1,), (2,)], "reversal": [0.2, 0.1], "cross_entropy": [5.0, 3.5]}
+    )
+    scaling_rows = [
+        {
+            "n": n,
+            "layer": layer,
+            "cosine_to_full": c,
+            "ci_low": c - 0.1,
+            "ci_high": min(1.0, c + 0.1),
+            "split_half": c - 0.05,
+            "norm": 1.0,
+        }
+        for n, c in ((1, 0.5), (2, 0.7), (5, 0.9), (8, 1.0))
+        for layer in (0, 1)
+    ]
+    return {
+        "layer_similarity": layer_similarity(vector),
+        "behaviour": BehaviourSimilarity(("a", "b"), (0, 1), torch.eye(2).repeat(2, 1, 1)),
+        "pca": pca_projections(examples, (0, 1, 2, 3)),
+        "separability": separability(examples, (0, 1, 2, 3), probe="mean_difference"),
+        "norms": NormProfile(
+            pd.DataFrame(
+                {
+                    "layer": [0, 1],
+                    "vector_norm": [1.0, 2.0],
+                    "resid_read": [10.0, 20.0],
+                    "ratio_read": [0.1, 0.1],
+                }
+            )
+        ),
+        "ratio": RatioTradeoff(1, 10.0, 0.55, 10.0, 0.01, table, 0.5),
+        "scaling": SampleSizeScaling((1, 2, 5, 8), (0, 1), 8, 0.95, pd.DataFrame(scaling_rows)),
+        "effect": SizeEffect(
+            1,
+            4.0,
+            0.5,
+            pd.DataFrame(
+                {"n": [1, 2, 5], "plus": [0.6, 0.7, 0.8], "minus": [0.4, 0.3, 0.2], "effect": [0.2, 0.4, 0.6]}
+            ),
+        ),
+        "reversal": ReversalResult(
+            2,
+            4.0,
+            ReversalConfig(),
+            1.0,
+            0.5,
+            0.7,
+            0.5,
+            0.7,
+            pd.DataFrame(),
+            pareto,
+            history,
+            2,
+            2.0,
+            "iterations",
+            20,
+        ),
+        "interference": Interference(
+            ("a", "b"),
+            ("a", "b"),
+            (("a",), ("b",), ("a", "b")),
+            {"a": 1, "b": 1},
+            {"a": 1.0, "b": 1.0},
+            torch.zeros(2),
+            torch.rand(3, 2),
+            torch.rand(3, 2) - 0.5,
+            torch.rand(3, 2),
+        ),
+        "transfer": LayerTransfer(
+            (0, 1), (0, 1, 2), 4.0, False, torch.rand(2, 3), torch.rand(2, 3), 0.5, torch.rand(2, 3)
+        ),
+    }
+
+
+DRAWINGS = {
+    "layer_similarity": lambda r, save: plots.plot_layer_similarity(r["layer_similarity"], save=save),
+    "behaviour": lambda r, save: plots.plot_behaviour_similarity(r["behaviour"], 1, save=save),
+    "pca": lambda r, save: plots.plot_pca_grid(r["pca"], columns=3, save=save),
+    "separability": lambda r, save: plots.plot_separability(r["separability"], save=save),
+    "norms": lambda r, save: plots.plot_norm_profile(r["norms"], save=save),
+    "ratio": lambda r, save: plots.plot_ratio_tradeoff(r["ratio"], save=save),
+    "scaling": lambda r, save: plots.plot_sample_size(r["scaling"], [0, 1], r["effect"], save=save),
+    "reversal": lambda r, save: plots.plot_reversal_progress(r["reversal"], save=save),
+    "interference": lambda r, save: plots.plot_interference(r["interference"], save=save),
+    "transfer": lambda r, save: plots.plot_layer_transfer(r["transfer"], save=save),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DRAWINGS))
+def test_plot_draws_and_saves(name, tmp_path):
+    results = small_results()
+    figure = DRAWINGS[name](results, None)
+    assert isinstance(figure, Figure) and figure.axes
+    path = tmp_path / "sub" / f"{name}.png"
+    DRAWINGS[name](results, path)
+    assert path.stat().st_size > 1000
+
+
+def test_plots_leave_global_style_alone():
+    before = dict(matplotlib.rcParams)
+    plots.plot_layer_similarity(small_results()["layer_similarity"])
+    assert dict(matplotlib.rcParams) == before

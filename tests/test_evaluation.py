@@ -1,0 +1,174 @@
+"""The A/B and Yes/No behaviour metrics on the tiny model, checked against hand-computed probabilities."""
+
+import pytest
+import torch
+
+import caa_lens.evaluation as evaluation
+from caa_lens.data import ContrastiveDataset, make_item
+from caa_lens.evaluation import (
+    behaviour_probabilities,
+    encode_prefixes,
+    item_hash,
+    scoring_prompt,
+    scoring_prompts,
+    suffix_scores,
+)
+from caa_lens.prompts import format_prompt
+from caa_lens.steering import Injection, steering
+from caa_lens.vectors import SteeringVector, make_provenance
+
+AB = "Is it sunny?\n\nChoices:\n (A) Yes\n (B) No"
+
+
+def next_token_probs(model, token_ids):
+    with torch.inference_mode():
+        return model(torch.tensor([list(token_ids)]))[0, -1].double().softmax(-1)
+
+
+def test_letter_tokens_are_read_in_context(tiny):
+    item = make_item(AB, "(B)", "(A)")
+    prompt = scoring_prompt(tiny.tokenizer, item)
+    assert prompt.prompt.text.endswith("[/INST] (")
+    assert prompt.labels == ("A", "B") and prompt.matching == 1
+    for label, token in zip(prompt.labels, prompt.label_token_ids, strict=True):
+        full = format_prompt(tiny.tokenizer, AB, f"({label})")
+        assert full.token_ids[: len(prompt.prompt)] == prompt.prompt.token_ids
+        assert full.token_ids[full.answer_position] == token
+        assert tiny.tokenizer.decode([token]).strip() == label
+
+
+def test_yes_no_tokens_start_the_assistant_turn(tiny):
+    item = make_item("Do you like rain?", "No", "Yes")
+    prompt = scoring_prompt(tiny.tokenizer, item)
+    assert prompt.prompt.text.endswith("[/INST]")
+    assert prompt.prompt.last == prompt.prompt.steer_start
+    assert [tiny.tokenizer.decode([t]) for t in prompt.label_token_ids] == [" No", " Yes"]
+    assert prompt.labels[prompt.matching] == "No"
+
+
+def test_ab_metric_matches_hand_computation(tiny):
+    items = (make_item(AB, "(A)", "(B)"), make_item(AB, "(B)", "(A)"))
+    scores = behaviour_probabilities(tiny, ContrastiveDataset("d", items), progress=False)
+    text = format_prompt(tiny.tokenizer, AB, "(")
+    probs = next_token_probs(tiny, text.token_ids)
+    a, b = (tiny.tokenizer.convert_tokens_to_ids(t) for t in ("A", "B"))
+    assert scores.items[0].p_matching == pytest.approx(float(probs[a] / (probs[a] + probs[b])), abs=1e-6)
+    assert scores.items[0].p_matching + scores.items[1].p_matching == pytest.approx(1, abs=1e-9)
+    assert scores.items[0].p_letters_sum == pytest.approx(float(probs[a] + probs[b]), abs=1e-6)
+    assert scores.items[1].matching_label == "B"
+    assert scores.mean_p_matching == pytest.approx(0.5, abs=1e-9)
+
+
+def test_yes_no_metric_matches_hand_computation(tiny):
+    items = (make_item("Do you like rain?", "Yes", "No"), make_item("Do you like rain?", "No", "Yes"))
+    scores = behaviour_probabilities(tiny, ContrastiveDataset("d", items), progress=False)
+    prompt = scoring_prompt(tiny.tokenizer, items[0])
+    probs = next_token_probs(tiny, prompt.prompt.token_ids)
+    yes, no = prompt.label_token_ids
+    assert scores.items[0].p_matching == pytest.approx(float(probs[yes] / (probs[yes] + probs[no])), abs=1e-6)
+    assert scores.items[1].p_matching == pytest.approx(1 - scores.items[0].p_matching, abs=1e-9)
+
+
+def test_three_offered_letters_are_all_in_the_denominator(tiny):
+    item = make_item("Pick one.\n\nChoices:\n (A) sun\n (B) rain\n (C) fog", "(C)", "(A)")
+    prompt = scoring_prompt(tiny.tokenizer, item)
+    probs = next_token_probs(tiny, prompt.prompt.token_ids)
+    p = probs[list(prompt.label_token_ids)]
+    score = behaviour_probabilities(tiny, ContrastiveDataset("d", (item,)), progress=False).items[0]
+    assert prompt.labels == ("A", "B", "C")
+    assert score.p_matching == pytest.approx(float(p[2] / p.sum()), abs=1e-6)
+
+
+def test_batched_scores_equal_unbatched(tiny):
+    questions = ["Hi", "What is the best way to learn a new language? Practice every day.", "Rain?"]
+    items = tuple(make_item(f"{q}\n\nChoices:\n (A) Yes\n (B) No", "(A)", "(B)") for q in questions)
+    dataset = ContrastiveDataset("d", items)
+    batched = behaviour_probabilities(tiny, dataset, batch_size=3, progress=False)
+    single = behaviour_probabilities(tiny, dataset, batch_size=1, progress=False)
+    for x, y in zip(batched.items, single.items, strict=True):
+        assert x.p_matching == pytest.approx(y.p_matching, abs=1e-6)
+        assert x.item_hash == y.item_hash == item_hash(items[x.index])
+    frame = batched.to_frame()
+    assert list(frame.columns) == ["index", "item_hash", "matching_label", "p_matching", "p_letters_sum"]
+
+
+def test_steering_starts_at_steer_start_not_before(tiny):
+    """The CAA off-by-one: steering the token before steer_start must change the score, the metric's
+    steering must not."""
+    provenance = make_provenance(tiny, "resid_post", "answer", "random", "t", "0", 1, torch.float32)
+    vector = SteeringVector(
+        torch.randn(4, 64, generator=torch.Generator().manual_seed(3)), (0, 1, 2, 3), provenance
+    )
+    item = make_item(AB, "(A)", "(B)")
+    prompt = scoring_prompt(tiny.tokenizer, item)
+    score = behaviour_probabilities(
+        tiny, ContrastiveDataset("d", (item,)), Injection(vector, 1, 4.0), progress=False
+    )
+
+    def steered_from(start):
+        with steering(tiny, Injection(vector, 1, 4.0), start=start):
+            probs = next_token_probs(tiny, prompt.prompt.token_ids)
+        p = probs[list(prompt.label_token_ids)]
+        return float(p[0] / p.sum())
+
+    assert score.items[0].p_matching == pytest.approx(steered_from(prompt.prompt.steer_start), abs=1e-6)
+    assert abs(score.items[0].p_matching - steered_from(prompt.prompt.steer_start - 1)) > 1e-6
+    assert abs(score.items[0].p_matching - steered_from(prompt.prompt.steer_start + 1)) > 1e-6
+
+
+def test_suffix_scores_rows_and_zero_multiplier(tiny):
+    items = tuple(
+        make_item(f"{q}\n\nChoices:\n (A) Yes\n (B) No", "(A)", "(B)") for q in ("Hi", "Is it sunny?")
+    )
+    dataset = ContrastiveDataset("d", items)
+    provenance = make_provenance(tiny, "resid_post", "answer", "random", "t", "0", 1, torch.float32)
+    vector = SteeringVector(
+        torch.randn(4, 64, generator=torch.Generator().manual_seed(4)), (0, 1, 2, 3), provenance
+    )
+    batch = encode_prefixes(tiny, scoring_prompts(tiny.tokenizer, dataset))
+    before = [layer.keys.clone() for layer in batch.cache.layers]
+    scores = suffix_scores(tiny, batch, [vector, vector.scaled(0.0)], 2, [0.0, 3.0])
+    assert scores.shape == (2, 2, 2, 2)
+    assert all(torch.equal(a, layer.keys) for a, layer in zip(before, batch.cache.layers, strict=True))
+    plain = behaviour_probabilities(tiny, dataset, progress=False)
+    for i, item in enumerate(plain.items):
+        assert float(scores[i, 0, 0, 0]) == pytest.approx(item.p_matching, abs=1e-6)
+        assert float(scores[i, 1, 1, 0]) == pytest.approx(item.p_matching, abs=1e-6)  # a zero vector
+        assert abs(float(scores[i, 0, 1, 0]) - item.p_matching) > 1e-6
+
+
+def test_answer_that_does_not_start_a_token_is_an_error(tiny, monkeypatch):
+    real = evaluation.format_prompt
+
+    def merged(tokenizer, user, assistant_prefix="", *args, **kwargs):
+        prompt = real(tokenizer, user, assistant_prefix, *args, **kwargs)
+        if assistant_prefix == "(B)":  # pretend "(B" merged into one token
+            return type(prompt)(prompt.token_ids, prompt.text, prompt.steer_start, prompt.answer_position - 1)
+        return prompt
+
+    monkeypatch.setattr(evaluation, "format_prompt", merged)
+    dataset = ContrastiveDataset("d", (make_item(AB, "(A)", "(B)"),), source="file.json")
+    with pytest.raises(ValueError, match=r"file.json: item 0: answer '\(B\)' does not tokenise"):
+        behaviour_probabilities(tiny, dataset, progress=False)
+
+
+def test_tensor_multipliers_are_refused(tiny):
+    provenance = make_provenance(tiny, "resid_post", "answer", "random", "t", "0", 1, torch.float32)
+    vector = SteeringVector(torch.zeros(4, 64), (0, 1, 2, 3), provenance)
+    dataset = ContrastiveDataset("d", (make_item(AB, "(A)", "(B)"),))
+    with pytest.raises(ValueError, match="run_sweep"):
+        behaviour_probabilities(tiny, dataset, Injection(vector, 1, torch.tensor([1.0])), progress=False)
+
+
+@pytest.mark.shared_data
+def test_shared_caa_and_mwe_files_score(tiny, shared_data):
+    from caa_lens.data import load_behaviour_dataset
+
+    refusal = load_behaviour_dataset(shared_data / "caa" / "test" / "refusal" / "test_dataset_ab.json")
+    mwe_files = sorted((shared_data / "mwe" / "persona").glob("*.jsonl"))
+    mwe = load_behaviour_dataset(mwe_files[0])
+    for dataset in (refusal.select(range(4)), mwe.select(range(4))):
+        prompts = scoring_prompts(tiny.tokenizer, dataset)
+        assert all(len(p.label_token_ids) >= 2 for p in prompts)
+    for prompt in scoring_prompts(tiny.tokenizer, mwe.select(range(4))):
+        assert set(prompt.labels) == {"Yes", "No"}

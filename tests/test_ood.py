@@ -1,0 +1,132 @@
+"""OOD prompts, scorers (a deterministic one and the model judge), and steered open-ended generation."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from caa_lens.data import DatasetError
+from caa_lens.generation import generate
+from caa_lens.ood import (
+    SCORES,
+    KeywordScorer,
+    ModelJudgeScorer,
+    OODPrompt,
+    Scorer,
+    ScoreResult,
+    load_ood_prompts,
+    run_ood,
+)
+from caa_lens.prompts import format_prompt
+from caa_lens.vectors import SteeringVector, make_provenance
+
+
+def write(tmp_path, records, name="prompts.json"):
+    path = tmp_path / name
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_load_ood_prompts(tmp_path):
+    path = write(tmp_path, [{"id": 1, "prompt": "Hello?"}, {"id": "b", "prompt": "Is it sunny?"}])
+    prompts = load_ood_prompts(path)
+    assert prompts == (OODPrompt("1", "Hello?", str(path)), OODPrompt("b", "Is it sunny?", str(path)))
+
+
+@pytest.mark.parametrize(
+    "records, message",
+    [
+        ([{"id": 1}], r"item 0: missing field 'prompt'"),
+        ([{"id": 1, "prompt": "a"}, {"id": 1, "prompt": "b"}], r"item 1: field 'id' repeats 1"),
+        ([{"id": 1, "prompt": "  "}], r"item 0: field 'prompt' must be a non-empty string"),
+        ([{"id": [1], "prompt": "a"}], r"item 0: field 'id' must be a string or an integer"),
+        ({"id": 1}, "expected a non-empty JSON array"),
+        (["text"], "item 0: expected an object"),
+    ],
+)
+def test_bad_prompt_files_name_the_item_and_field(tmp_path, records, message):
+    path = write(tmp_path, records)
+    with pytest.raises(DatasetError, match=message) as error:
+        load_ood_prompts(path)
+    assert str(path) in str(error.value)
+
+
+def test_score_result_and_keyword_scorer():
+    with pytest.raises(ValueError, match="behaviour score"):
+        ScoreResult(11.0, 5.0)
+    with pytest.raises(ValueError, match="coherence score"):
+        ScoreResult(1.0, math.nan)
+    scorer = KeywordScorer(("cannot", "sorry"))
+    assert isinstance(scorer, Scorer)
+    result = scorer.score("q", "Sorry, I cannot do that, sorry.")
+    assert result.behaviour == 10.0 and result.details == {"found": ["cannot", "sorry"]}
+    assert scorer.score("q", "") == ScoreResult(0.0, 0.0, {"found": []})
+    assert scorer.score("q", "yes yes") == scorer.score("other", "yes yes")
+
+
+def test_judge_expected_score_equals_brute_force(tiny):
+    judge = ModelJudgeScorer(tiny, "talk about the weather")
+    assert isinstance(judge, Scorer)
+    question = "Rate this: the sun is warm"
+    base, sequences = judge._sequences(question)
+    assert len(sequences) == len(SCORES) and len(set(sequences)) == len(SCORES)
+
+    def next_probs(ids):
+        with torch.inference_mode():
+            return tiny(torch.tensor([list(ids)]))[0, -1].double().softmax(-1)
+
+    totals = [math.prod(float(next_probs(base + s[:k])[s[k]]) for k in range(len(s))) for s in sequences]
+    exclusive = list(totals)
+    for i, s in enumerate(sequences):  # p("1") includes "10": take the longer scores out
+        exclusive[i] -= sum(t for j, t in enumerate(totals) if j != i and sequences[j][: len(s)] == s)
+    mass = sum(exclusive)
+    expected = sum(score * p / mass for score, p in zip(SCORES, exclusive, strict=True))
+    (value, distribution, got_mass), _ = judge.ratings([question, "another question"])
+    assert value == pytest.approx(expected, rel=1e-6)
+    assert got_mass == pytest.approx(mass, rel=1e-6)
+    assert sum(distribution) == pytest.approx(1.0)
+
+
+def test_judge_scores_are_batched_consistently(tiny):
+    judge = ModelJudgeScorer(tiny, "talk about the weather", batch_size=2)
+    prompts, completions = ["Is it sunny?", "Hi", "What now?"], ["It is sunny.", "", "Rain rain rain"]
+    many = judge.score_many(prompts, completions)
+    for prompt, completion, result in zip(prompts, completions, many, strict=True):
+        single = judge.score(prompt, completion)
+        assert 0 <= result.behaviour <= 10 and 0 <= result.coherence <= 10
+        assert result.behaviour == pytest.approx(single.behaviour, abs=1e-6)
+        assert result.coherence == pytest.approx(single.coherence, abs=1e-6)
+        assert set(result.details) == {"behaviour_distribution", "coherence_distribution", "score_mass"}
+
+
+def test_run_ood_rows_and_unsteered_multiplier(tiny):
+    provenance = make_provenance(tiny, "resid_post", "answer", "random", "t", "0", 1, torch.float32)
+    vector = SteeringVector(
+        torch.randn(4, 64, generator=torch.Generator().manual_seed(2)), (0, 1, 2, 3), provenance
+    )
+    prompts = (OODPrompt("1", "Is it sunny?", "f"), OODPrompt("2", "What is the best way to learn?", "f"))
+    frame = run_ood(
+        tiny,
+        prompts,
+        vector,
+        2,
+        (0.0, 8.0),
+        KeywordScorer(("sun",)),
+        max_new_tokens=5,
+        batch_size=3,
+        progress=False,
+    )
+    assert list(frame.prompt_id) == ["1", "1", "2", "2"] and list(frame.multiplier) == [0.0, 8.0, 0.0, 8.0]
+    assert {"completion", "behaviour", "coherence", "layer", "source"} <= set(frame.columns)
+    plain = generate(tiny, [format_prompt(tiny.tokenizer, p.prompt) for p in prompts], max_new_tokens=5)
+    assert list(frame[frame.multiplier == 0.0].completion) == list(plain.texts)
+    with pytest.raises(ValueError, match="both vector and layer"):
+        run_ood(tiny, prompts, vector, None, progress=False)
+
+
+@pytest.mark.shared_data
+def test_shared_open_ended_files_load(shared_data):
+    files = sorted((shared_data / "ood" / "open-ended").rglob("*.json"))
+    assert files
+    assert all(len(load_ood_prompts(path)) > 0 for path in files)

@@ -1,0 +1,71 @@
+"""The main job end to end on the tiny model (quick sizes), then figures redrawn from its files alone."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from analysis.cli import app
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(
+        app, ["demo", "--model", "tiny", "--quick", "--focus-layer", "2", "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.slow
+def test_demo_writes_report_manifest_and_every_figure(demo_dir):
+    report = (demo_dir / "report.md").read_text()
+    manifest = json.loads((demo_dir / "manifest.json").read_text())
+    assert manifest["model"] == "caa-lens-tiny-llama"
+    assert set(manifest["datasets"]) == {"optimism", "formality", "sycophancy"}
+    assert all(len(d["train_hash"]) == 16 for d in manifest["datasets"].values())
+    figures = sorted(p.name for p in (demo_dir / "figures").glob("*.png"))
+    for expected in (
+        "sweep_layers.png",
+        "sweep_multipliers.png",
+        "interference.png",
+        "reversal.png",
+        "sample_size.png",
+        "ratio_tradeoff.png",
+        "layer_transfer.png",
+        "token_view.png",
+    ):
+        assert expected in figures
+        assert f"figures/{expected}" in report
+    assert (demo_dir / "token_view.html").read_text().count("<script") >= 1
+    for behaviour in ("optimism", "formality", "sycophancy"):
+        assert (demo_dir / "vectors" / f"{behaviour}.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_rerun_skips_finished_stages(demo_dir):
+    result = CliRunner().invoke(
+        app, ["demo", "--model", "tiny", "--quick", "--focus-layer", "2", "--out", str(demo_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.count("already done, skipping") >= 8
+
+
+@pytest.mark.slow
+def test_figures_redrawn_from_saved_results(demo_dir, tmp_path):
+    result = CliRunner().invoke(
+        app, ["figures", str(demo_dir), "--out", str(tmp_path), "--kind", "sweep", "--kind", "pca"]
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == sorted(
+        [
+            "sweep_layers.png",
+            "sweep_multipliers.png",
+            "pca-formality.png",
+            "pca-optimism.png",
+            "pca-sycophancy.png",
+        ]
+    )
+    bad = CliRunner().invoke(app, ["figures", str(demo_dir), "--kind", "nonsense"])
+    assert bad.exit_code != 0 and "unknown figure types" in bad.output
