@@ -24,7 +24,7 @@ from caa_lens.models import load_model
 from caa_lens.prompts import format_prompt
 from caa_lens.steering import Injection, residual_norm
 from caa_lens.sweep import load_results, run_sweep, summarize
-from caa_lens.vectors import load_vector, save_vector
+from caa_lens.vectors import SteeringVector, load_vector, save_vector
 
 
 def _floats(text: str) -> list[float]:
@@ -45,6 +45,13 @@ def recompute_cells(model, dataset, vector, cells, batch_size):
         for item in scores.items:
             rows[(layer, multiplier, item.index)] = item.p_matching
     return rows
+
+
+def random_like(vector: SteeringVector, seed: int = 0) -> SteeringVector:
+    """A seeded random direction per layer with the vector's norm at that layer (a control)."""
+    noise = torch.randn(vector.directions.shape, generator=torch.Generator().manual_seed(seed))
+    scale = vector.norms() / noise.flatten(1).norm(dim=-1)
+    return SteeringVector(noise * scale[:, None], vector.layers, vector.provenance)
 
 
 def timing(model, test, vector, layers, multipliers, out: Path, args) -> dict:
@@ -114,6 +121,11 @@ def main() -> None:
     parser.add_argument(
         "--vector", type=Path, default=None, help="reuse a saved vector instead of extracting"
     )
+    parser.add_argument(
+        "--random-control",
+        action="store_true",
+        help="also sweep a seeded random vector with the same norm at each layer (a control direction)",
+    )
     parser.add_argument("--sweep-batch", type=int, default=8, help="questions per prefix pass")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--timing", action="store_true", help="also time the sweep against recompute")
@@ -154,11 +166,14 @@ def main() -> None:
             norm = float(vector.at(layer).norm())
             handle.write(f"{layer},{norm:.4f},{resid:.4f},{norm / resid:.5f}\n")
 
+    vectors = {"refusal": vector}
+    if args.random_control:
+        vectors["random"] = random_like(vector)
     started = time.perf_counter()
     run = run_sweep(
         model,
         test,
-        {"refusal": vector},
+        vectors,
         args.layers,
         args.multipliers,
         args.out / "results.jsonl",
@@ -169,9 +184,12 @@ def main() -> None:
     )
     summary = summarize(load_results(run.path))
     summary.to_csv(args.out / "summary.csv", index=False)
-    table = summary.pivot(index="layer", columns="multiplier", values="p_matching")
-    print("mean p(refusal answer) by layer (rows) x multiplier (columns):")
-    print(table.to_string(float_format=lambda x: f"{x:.3f}"))
+    for name in vectors:
+        table = summary[summary.vector == name].pivot(
+            index="layer", columns="multiplier", values="p_matching"
+        )
+        print(f"{name} vector: mean p(refusal answer) by layer (rows) x multiplier (columns):")
+        print(table.to_string(float_format=lambda x: f"{x:.3f}"))
 
     if args.timing:
         report = timing(model, test, vector, args.layers, args.multipliers, args.out, args)

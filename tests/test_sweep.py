@@ -355,4 +355,5 @@ def test_default_model_sweep_equals_full_recompute(default_model, shared_data, t
             swept = torch.tensor(cell[["p_matching", "p_letters_sum"]].to_numpy())
             reference = full_recompute(default_model, test, vector, layer, m, "from_start")
             assert (swept - reference).abs().max() < 1e-4
-    assert (table.p_letters_sum > 0.5).all()  # the model does answer with a letter after "("
+    unsteered = table[table.multiplier == 0.0]
+    assert (unsteered.p_letters_sum > 0.5).all()  # unsteered, the model answers with a letter after "("
