@@ -7,9 +7,13 @@ tracemalloc does not; comparing two sizes in identical fresh processes cancels t
 import resource
 import sys
 
+import torch
+
 from caa_lens.data import ContrastiveDataset, make_item
 from caa_lens.extraction import extract_contrastive
 from caa_lens.tiny import tiny_model
+
+torch.set_num_threads(1)  # as the test process (conftest): fixed reduction order, no oversubscription
 
 
 def main(n_pairs: int) -> None:

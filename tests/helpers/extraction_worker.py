@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import torch
 from safetensors.torch import save_file
 
 from caa_lens.data import ContrastiveDataset, make_item
@@ -20,6 +21,9 @@ def dataset(n_pairs: int) -> ContrastiveDataset:
         for i in range(n_pairs)
     )
     return ContrastiveDataset(f"worker-{n_pairs}", items)
+
+
+torch.set_num_threads(1)  # as the test process (conftest): fixed reduction order, no oversubscription
 
 
 def main(out: Path, checkpoint: str, n_pairs: int) -> None:
