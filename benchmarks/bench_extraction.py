@@ -10,15 +10,18 @@ refusal generate set, and the same batch size where they batch:
   of the model, reading the same token (the answer letter) through per-sample negative indices.
 - ``reference_loop``: the CAA reference's style: batch 1, the full model, two passes per pair,
   ``output_hidden_states``. HF's last hidden state is *after* the final norm, so the last block's
-  output is read with a forward hook, as the reference's block wrappers did. In the full run it is
-  timed on an evenly spaced subset of the pairs and scaled by the token count (batch 1 has no
-  batching effects, so its cost is additive per pair); the record says so.
+  output is read with a forward hook, as the reference's block wrappers did.
 - ``limit``: one bare batched HF forward pass (no hooks) over exactly the unique tokens, each pair
   packed in one row as prefix + positive answer + negative answer with a 4-D attention mask (the
   negative answer cannot see the positive one) and explicit position ids, the model cut after the
   last layer read (no final norm, no unembedding). It produces the same vectors, so it is checked too.
 
-Every contender's vectors are compared with caa_lens's (largest per-layer relative difference).
+The two slow peers' costs are additive over their own batches (steering-vectors: consecutive pairs,
+right-padded to the batch's longest prompt; the reference loop: one prompt at a time), so in the full
+run each is timed on a few of its batches, evenly spaced, and scaled by their share of the padded
+tokens; the record's ``scale`` and ``note`` say so (``--peer-batches 999 --reference-pairs 999`` times
+them on everything). Every contender's vectors are compared with
+caa_lens's on the same pairs (largest per-layer relative difference).
 """
 
 import contextlib
@@ -178,6 +181,39 @@ def run_limit(hf, batches: list[tuple], layers: Sequence[int], n_pairs: int) -> 
 # --------------------------------------------------------------------------- workload
 
 
+def whole_batches(dataset, pairs: list, batch_size: int, n_batches: int | None) -> tuple:
+    """A peer's timing subset: ``n_batches`` of its own batches (consecutive pairs), evenly spaced.
+
+    Returns ``(subset, scale, note)``: the peer's cost is additive over its batches and proportional
+    to the padded tokens of each (each batch pads to its longest prompt), so the time on the subset
+    times ``scale`` (all padded tokens / the subset's) estimates the time on the whole dataset.
+    ``batch_size`` 1 (the reference loop) has no padding: the scale is then a ratio of real tokens.
+    """
+    starts = list(range(0, len(dataset), batch_size))
+    if n_batches is None or n_batches >= len(starts):
+        return dataset, 1.0, ""
+
+    def padded(begin: int) -> int:
+        chunk = pairs[begin : begin + batch_size]
+        if batch_size == 1:
+            return sum(len(p) for pair in chunk for p in pair)
+        return sum(len(chunk) * max(len(pair[side]) for pair in chunk) for side in (0, 1))
+
+    chosen = [starts[int(i * len(starts) / n_batches)] for i in range(n_batches)]
+    indices = [i for begin in chosen for i in range(begin, min(begin + batch_size, len(dataset)))]
+    scale = sum(padded(b) for b in starts) / sum(padded(b) for b in chosen)
+    what = (
+        f"{len(indices)} evenly spaced pairs"
+        if batch_size == 1
+        else f"{n_batches} of its {len(starts)} batches"
+    )
+    note = (
+        f"timed on {what} ({len(indices)} of {len(dataset)} pairs) and scaled x{scale:.3f} by its share of "
+        f"the {'tokens' if batch_size == 1 else 'padded tokens'}: its cost is additive over its batches"
+    )
+    return dataset.select(indices, f":timing-subset{len(indices)}"), scale, note
+
+
 def workload(
     name: str,
     args,
@@ -188,7 +224,8 @@ def workload(
     layers: Sequence[int],
     batch_size: int,
     repeats: int,
-    reference_pairs: int,
+    peer_batches: int | None,
+    reference_pairs: int | None,
 ) -> dict:
     started, load_start = time.perf_counter(), common.loadavg()
     layers = list(layers)
@@ -202,20 +239,8 @@ def workload(
     batches = pack_limit_batches(pairs, batch_size)
     small = dataset.select(range(min(2, len(dataset))), ":warmup")
     small_batches = pack_limit_batches(pairs[:2], batch_size)
-
-    # The reference loop on an evenly spaced subset, scaled by its share of the tokens.
-    if reference_pairs >= len(dataset):
-        ref_set, ref_scale, ref_note = dataset, 1.0, ""
-    else:
-        step = len(dataset) / reference_pairs
-        picked = sorted({int(i * step) for i in range(reference_pairs)})
-        ref_set = dataset.select(picked, f":every{step:g}")
-        ref_tokens, _ = token_counts([pairs[i] for i in picked])
-        ref_scale = full_tokens / ref_tokens
-        ref_note = (
-            f"timed on {len(picked)} evenly spaced pairs of {len(dataset)} and scaled by their share of "
-            f"the tokens (x{ref_scale:.2f}); batch 1 makes the cost additive per pair"
-        )
+    sv_set, sv_scale, sv_note = whole_batches(dataset, pairs, batch_size, peer_batches)
+    ref_set, ref_scale, ref_note = whole_batches(dataset, pairs, 1, reference_pairs)
 
     contenders = [
         Contender(
@@ -235,8 +260,10 @@ def workload(
         contenders.append(
             Contender(
                 "steering_vectors",
-                lambda: run_steering_vectors(hf, tokenizer, dataset, layers, batch_size),
+                lambda: run_steering_vectors(hf, tokenizer, sv_set, layers, batch_size),
                 lambda: run_steering_vectors(hf, tokenizer, small, layers, batch_size),
+                scale=sv_scale,
+                note=sv_note,
             )
         )
     contenders.append(
@@ -253,17 +280,15 @@ def workload(
     if peer_error is not None:
         measured["steering_vectors"] = common.Measured("steering_vectors", error=peer_error)
 
-    # Same vectors? Everything against caa_lens (the reference loop against caa_lens on its subset).
+    # Same vectors? Each contender against caa_lens on the same pairs (a timing subset gets its own run).
     reference = measured["caa_lens"].result
     differences: dict[str, float | None] = {}
-    for other in ("steering_vectors", "limit", "reference_loop"):
+    for other, subset in (("limit", dataset), ("steering_vectors", sv_set), ("reference_loop", ref_set)):
         m = measured.get(other)
         if reference is None or m is None or m.result is None:
             differences[other] = None
             continue
-        against = reference
-        if other == "reference_loop" and ref_set is not dataset:
-            against = run_caa_lens(bridge, ref_set, chosen, batch_size)
+        against = reference if subset is dataset else run_caa_lens(bridge, subset, chosen, batch_size)
         differences[other] = common.max_relative_difference(m.result, against)
     worst = max((d for d in differences.values() if d is not None), default=None)
 
@@ -309,52 +334,59 @@ def workload(
 
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--pairs", type=int, default=None, help="pairs (default 200; quick 16)")
+    p.add_argument("--pairs", type=int, default=None, help="pairs, all layers (default 200; quick 16)")
+    p.add_argument(
+        "--middle-pairs", type=int, default=None, help="pairs, middle layer (default 100; quick 16)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--middle-layer", type=int, default=15)
+    p.add_argument(
+        "--peer-batches",
+        type=int,
+        default=None,
+        help="steering-vectors is timed on this many of its batches, then scaled (default 3; quick: all)",
+    )
     p.add_argument(
         "--reference-pairs",
         type=int,
         default=None,
-        help="pairs the batch-1 reference loop is timed on, then scaled (default 40; quick: all)",
+        help="the batch-1 reference loop is timed on this many pairs, then scaled (default 24; quick: all)",
     )
     p.add_argument("--only", choices=("all_layers", "middle_layer"), default=None)
     args = p.parse_args()
     common.setup(args)
     quick = args.quick
-    n_pairs = args.pairs or (16 if quick else 200)
-    repeats = args.repeats or (2 if quick else 3)
-    reference_pairs = args.reference_pairs or (n_pairs if quick else 40)
+    repeats = args.repeats or 2
+    peer_batches = args.peer_batches or (None if quick else 3)
+    reference_pairs = args.reference_pairs or (None if quick else 24)
     shared = common.shared_data_dir(args.shared_data)
-    dataset = common.refusal_dataset(shared, n_pairs)
     log("loading the default model (bridge) and a plain HF copy")
     bridge = common.load_bridge(args.device)
     hf, tokenizer = common.load_plain_hf(args.device)
     n_layers = int(bridge.cfg.n_layers)
+    runs = []
     if args.only in (None, "all_layers"):
-        workload(
-            "extraction_all_layers",
-            args,
-            bridge,
-            hf,
-            tokenizer,
-            dataset,
-            range(n_layers),
-            args.batch_size,
-            repeats,
-            reference_pairs,
-        )
+        runs.append(("extraction_all_layers", args.pairs or (16 if quick else 200), list(range(n_layers))))
     if args.only in (None, "middle_layer"):
+        runs.append(
+            (
+                f"extraction_layer_{args.middle_layer}",
+                args.middle_pairs or (16 if quick else 100),
+                [args.middle_layer],
+            )
+        )
+    for name, n_pairs, layers in runs:
         workload(
-            f"extraction_layer_{args.middle_layer}",
+            name,
             args,
             bridge,
             hf,
             tokenizer,
-            dataset,
-            [args.middle_layer],
+            common.refusal_dataset(shared, n_pairs),
+            layers,
             args.batch_size,
             repeats,
+            peer_batches,
             reference_pairs,
         )
 

@@ -1,10 +1,13 @@
 """Peak memory of mean-difference vector extraction at two sizes (default 100 and 1000 pairs).
 
-Each size runs in a fresh subprocess (``--worker N``), which loads the model, builds N pairs from the
-408 CAA refusal items cycled, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``, so the
-model-loading transient cannot hide what extraction does; ``ru_maxrss`` follows it), then extracts
-all-layer CAA vectors with ``caa_lens.extraction.extract_contrastive`` and reports the peak resident
-memory above the resident memory just before extracting. Peak RSS sees torch's CPU allocator, which
+Each size runs in a fresh subprocess (``--worker N``), which loads the model and builds N pairs by
+cycling a fixed pool of CAA refusal items (the first ``min(small size, 408)``, so both sizes have the
+same prompt lengths and the same largest batch: the transient peak of the longest batch must not
+pass for growth). It runs one warm-up batch (one-off allocations: lazy imports, thread arenas), resets
+the kernel's peak-RSS mark (``/proc/self/clear_refs``, so neither model loading nor the warm-up can
+hide what extraction does; ``ru_maxrss`` follows it), extracts all-layer CAA vectors with
+``caa_lens.extraction.extract_contrastive`` and reports the peak resident memory above the resident
+memory just before extracting. Peak RSS sees torch's CPU allocator, which
 Python's tracemalloc does not. Growth = peak(large) - peak(small); keeping every pair's activations
 would add ``n_layers * d_model * 2 sides * 4 bytes`` per pair, printed as ``sensitivity``.
 
@@ -43,7 +46,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker(n_pairs: int, model_name: str, shared: Path, batch_size: int) -> None:
+def worker(n_pairs: int, pool: int, model_name: str, shared: Path, batch_size: int) -> None:
     """Runs in a fresh process: print one JSON object with the memory figures of one extraction."""
     import gc
 
@@ -57,7 +60,16 @@ def worker(n_pairs: int, model_name: str, shared: Path, batch_size: int) -> None
         model = tiny_model()
     else:
         model = common.load_bridge("cpu")
-    dataset = common.refusal_dataset(shared, n_pairs)
+    from caa_lens.data import ContrastiveDataset
+
+    items = common.refusal_dataset(shared).items[:pool]
+    dataset = ContrastiveDataset(
+        f"refusal-pool{pool}:{n_pairs}", tuple(items[i % len(items)] for i in range(n_pairs))
+    )
+    with torch.inference_mode():  # one batch first: one-off allocations are not extraction's growth
+        extract_contrastive(
+            model, dataset.select(range(batch_size)), layers=None, batch_size=batch_size, progress=False
+        )
     gc.collect()
     before_kb = _status_kb("VmRSS")
     reset = _reset_peak()
@@ -89,6 +101,7 @@ def worker(n_pairs: int, model_name: str, shared: Path, batch_size: int) -> None
 
 def run_worker(n_pairs: int, args, shared: Path) -> dict:
     command = [sys.executable, str(HERE / "bench_memory.py"), "--worker", str(n_pairs), "--model", args.model]
+    command += ["--pool", str(args.pool)]
     command += ["--shared-data", str(shared), "--batch-size", str(args.batch_size)]
     if args.threads:
         command += ["--threads", str(args.threads)]
@@ -105,17 +118,20 @@ def main() -> None:
     p.add_argument("--model", choices=("default", "tiny"), default=None, help="default; quick: tiny")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--worker", type=int, default=None, help=argparse_hidden())
+    p.add_argument("--pool", type=int, default=None, help=argparse_hidden())
     args = p.parse_args()
     common.setup(args)
     shared = common.shared_data_dir(args.shared_data)
     if args.model is None:
         args.model = "tiny" if args.quick else "default"
+    small, large = (int(x) for x in args.sizes.split(","))
+    if args.pool is None:
+        args.pool = min(small, 408)
     if args.worker is not None:
-        worker(args.worker, args.model, shared, args.batch_size)
+        worker(args.worker, args.pool, args.model, shared, args.batch_size)
         return
 
     started, load_start = time.perf_counter(), common.loadavg()
-    small, large = (int(x) for x in args.sizes.split(","))
     log(f"memory: extraction of {small} and {large} pairs on the {args.model} model, fresh processes")
     runs = {}
     for n in (small, large):
@@ -136,7 +152,7 @@ def main() -> None:
             "model": "SmolLM2-135M-Instruct (default)" if args.model == "default" else "tiny random model",
             "layers": b["n_layers"],
             "batch_size": args.batch_size,
-            "data": "CAA refusal generate items, cycled",
+            "data": f"the first {args.pool} CAA refusal generate items, cycled",
         },
         {},
         runs={str(n): r for n, r in runs.items()},
