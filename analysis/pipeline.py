@@ -181,9 +181,11 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
         for behaviour, acts in activations.items():
             assert acts.examples is not None
             # Every third layer: the probes dominate this stage's cost and neighbours differ little.
-            probed = layers_all[:: config.pca_stride]
-            save_result(pca_projections(acts.examples, probed), out / "results", f"pca-{behaviour}")
-            save_result(separability(acts.examples, probed), out / "results", f"separability-{behaviour}")
+            picked = range(0, len(acts.layers), config.pca_stride)
+            probed = [acts.layers[i] for i in picked]
+            examples = acts.examples.at_layer_indices(picked)
+            save_result(pca_projections(examples, probed), out / "results", f"pca-{behaviour}")
+            save_result(separability(examples, probed), out / "results", f"separability-{behaviour}")
 
     stages.run("pca", projections)
 

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -43,9 +44,9 @@ def _findings(results: Path) -> list[str]:
     for name in sorted(n for n in saved if n.startswith("layer_similarity-")):
         sim = load_result(results, name)
         near, far = sim.mean_at([1]), sim.mean_at(range(10, 100))  # type: ignore[attr-defined]
+        far_text = "no layers are 10+ apart" if math.isnan(far) else f"between layers 10+ apart {far:.2f}"
         lines.append(
-            f"- {name.split('-', 1)[1]}: cosine between adjacent layers' vectors {near:.2f}, "
-            f"between layers 10+ apart {far:.2f}."
+            f"- {name.split('-', 1)[1]}: cosine between adjacent layers' vectors {near:.2f}, {far_text}."
         )
     for name in sorted(n for n in saved if n.startswith("separability-")):
         table = load_result(results, name).table  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ functions measure both on any model: ``layer_similarity`` gives the layer x laye
 its mean by layer distance, ``layer_transfer`` applies the vector read at layer i at layer j.
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -51,8 +52,11 @@ class LayerSimilarity:
     by_distance: pd.DataFrame
 
     def mean_at(self, distances: Sequence[int]) -> float:
-        """Mean cosine over layer pairs whose distance is in ``distances``."""
+        """Mean cosine over layer pairs whose distance is in ``distances``; NaN when there are none
+        (a model with fewer layers than the distance asks for)."""
         rows = self.by_distance[self.by_distance.distance.isin(list(distances))]
+        if rows["n"].sum() == 0:
+            return math.nan
         return float((rows["mean"] * rows["n"]).sum() / rows["n"].sum())
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 from torch import Tensor
 
-from caa_lens.files import atomic_write_bytes
+from caa_lens.files import atomic_write_bytes, safetensors_bytes
 
 FORMAT = "caa_lens.analysis-result/1"
 
@@ -63,8 +63,6 @@ def _resolve(qualified: str) -> type:
 
 def save_result(result: object, directory: str | Path, name: str) -> Path:
     """Write ``result`` (a frozen result dataclass) as ``directory/name.*``; returns the JSON path."""
-    from safetensors.torch import save
-
     if not dataclasses.is_dataclass(result) or isinstance(result, type):
         raise TypeError(f"save_result takes a result dataclass, got {type(result).__name__}")
     directory = Path(directory)
@@ -81,7 +79,7 @@ def save_result(result: object, directory: str | Path, name: str) -> Path:
         else:
             scalars[field.name] = _encode(value)
     if tensors:
-        atomic_write_bytes(directory / f"{name}.safetensors", save(tensors))
+        atomic_write_bytes(directory / f"{name}.safetensors", safetensors_bytes(tensors))
     record = {
         "format": FORMAT,
         "type": f"{type(result).__module__}.{type(result).__qualname__}",

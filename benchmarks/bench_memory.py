@@ -1,9 +1,10 @@
 """Peak memory of mean-difference vector extraction at two sizes (default 100 and 1000 pairs).
 
 Each size runs in a fresh subprocess (``--worker N``), which loads the model and builds N pairs by
-cycling a fixed pool of CAA refusal items (the first ``min(small size, 408)``, so both sizes have the
-same prompt lengths and the same largest batch: the transient peak of the longest batch must not
-pass for growth). It runs one warm-up batch (one-off allocations: lazy imports, thread arenas), resets
+cycling a fixed pool of CAA refusal items (default the first 48, so both sizes have the same prompt
+lengths and the same largest batch: the transient peak of the longest batch must not pass for
+growth). It extracts from the pool once as a warm-up (the allocator's one-off growth to its working
+set: lazy imports, thread arenas, heap pages for each batch shape), resets
 the kernel's peak-RSS mark (``/proc/self/clear_refs``, so neither model loading nor the warm-up can
 hide what extraction does; ``ru_maxrss`` follows it), extracts all-layer CAA vectors with
 ``caa_lens.extraction.extract_contrastive`` and reports the peak resident memory above the resident
@@ -66,10 +67,11 @@ def worker(n_pairs: int, pool: int, model_name: str, shared: Path, batch_size: i
     dataset = ContrastiveDataset(
         f"refusal-pool{pool}:{n_pairs}", tuple(items[i % len(items)] for i in range(n_pairs))
     )
-    with torch.inference_mode():  # one batch first: one-off allocations are not extraction's growth
-        extract_contrastive(
-            model, dataset.select(range(batch_size)), layers=None, batch_size=batch_size, progress=False
-        )
+    # The whole pool once first: the allocator's one-off growth to its working set (lazy imports,
+    # thread arenas, heap pages for each batch shape) is then not counted as growth with pairs.
+    warmup = ContrastiveDataset(f"refusal-pool{pool}", tuple(items))
+    with torch.inference_mode():
+        extract_contrastive(model, warmup, layers=None, batch_size=batch_size, progress=False)
     gc.collect()
     before_kb = _status_kb("VmRSS")
     reset = _reset_peak()
@@ -118,7 +120,7 @@ def main() -> None:
     p.add_argument("--model", choices=("default", "tiny"), default=None, help="default; quick: tiny")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--worker", type=int, default=None, help=argparse_hidden())
-    p.add_argument("--pool", type=int, default=None, help=argparse_hidden())
+    p.add_argument("--pool", type=int, default=None, help="refusal items cycled (default 48)")
     args = p.parse_args()
     common.setup(args)
     shared = common.shared_data_dir(args.shared_data)
@@ -126,7 +128,7 @@ def main() -> None:
         args.model = "tiny" if args.quick else "default"
     small, large = (int(x) for x in args.sizes.split(","))
     if args.pool is None:
-        args.pool = min(small, 408)
+        args.pool = min(small, 48)
     if args.worker is not None:
         worker(args.worker, args.pool, args.model, shared, args.batch_size)
         return

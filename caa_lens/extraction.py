@@ -35,6 +35,16 @@ class PairActivations:
     positive_labels: tuple[str, ...]
     negative_labels: tuple[str, ...]
 
+    def at_layer_indices(self, indices: Sequence[int]) -> "PairActivations":
+        """The same examples restricted to positions ``indices`` of the layer axis."""
+        index = torch.tensor(list(indices), dtype=torch.long)
+        return PairActivations(
+            self.positive.index_select(1, index),
+            self.negative.index_select(1, index),
+            self.positive_labels,
+            self.negative_labels,
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class ContrastiveActivations:

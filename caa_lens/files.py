@@ -1,8 +1,14 @@
-"""Writing files so that a crash or a kill never leaves a half-written one under the final name."""
+"""Writing files: atomically, so a crash never leaves a half-written one, and byte-reproducibly."""
 
+import json
 import os
+import struct
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+
+import torch
+from torch import Tensor
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -25,3 +31,43 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+# The safetensors dtype codes for the dtypes this package saves.
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.bool: "BOOL",
+}
+
+
+def safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None) -> bytes:
+    """Serialise ``tensors`` in the safetensors format with a canonical header (keys sorted).
+
+    ``safetensors.torch.save`` keeps the metadata in a Rust ``HashMap``, whose order changes from one
+    process to the next, so the same vector saved twice gave different bytes and different SHA-256s.
+    The file this writes is read by any safetensors reader; only the header's key order is fixed.
+    """
+    header: dict[str, object] = {}
+    if metadata:
+        header["__metadata__"] = {str(key): str(value) for key, value in sorted(metadata.items())}
+    chunks, offset = [], 0
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        if tensor.dtype not in _SAFETENSORS_DTYPES:
+            raise TypeError(f"cannot save tensor {name!r} of dtype {tensor.dtype} as safetensors")
+        data = tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data section to 8 bytes
+    return struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks)

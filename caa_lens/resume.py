@@ -14,7 +14,7 @@ from pathlib import Path
 from jaxtyping import Float
 from torch import Tensor
 
-from caa_lens.files import atomic_write_bytes
+from caa_lens.files import atomic_write_bytes, safetensors_bytes
 
 
 class CheckpointMismatchError(ValueError):
@@ -37,8 +37,6 @@ def run_key(settings: dict) -> str:
 
 
 def save_state(path: Path, key: str, settings: dict, state: ExtractionState) -> None:
-    from safetensors.torch import save
-
     tensors = {"sums": state.sums.contiguous()}
     if state.kept is not None:
         tensors["kept"] = state.kept.contiguous()
@@ -48,7 +46,7 @@ def save_state(path: Path, key: str, settings: dict, state: ExtractionState) -> 
         "batches_done": str(state.batches_done),
         "kept_indices": json.dumps(list(state.kept_indices)),
     }
-    atomic_write_bytes(path, save(tensors, metadata=metadata))
+    atomic_write_bytes(path, safetensors_bytes(tensors, metadata))
 
 
 def load_state(path: Path, key: str) -> ExtractionState | None:

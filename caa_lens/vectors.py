@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from caa_lens.files import atomic_write_bytes
+from caa_lens.files import atomic_write_bytes, safetensors_bytes
 from caa_lens.models import ModelIdentity, model_identity
 
 FORMAT_VERSION = 1
@@ -272,12 +272,10 @@ def sidecar_path(path: Path) -> Path:
 
 def save_vector(vector: SteeringVector, path: str | Path) -> Path:
     """Write ``path`` (.safetensors) and its JSON sidecar, both atomically."""
-    from safetensors.torch import save
-
     path = Path(path)
     if path.suffix != ".safetensors":
         path = path.with_suffix(".safetensors")
-    payload = save(
+    payload = safetensors_bytes(
         {"directions": vector.directions.detach().cpu().contiguous()},
         metadata={"format": "caa_lens", "format_version": str(FORMAT_VERSION)},
     )
