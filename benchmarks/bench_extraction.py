@@ -227,7 +227,7 @@ def workload(
     peer_batches: int | None,
     reference_pairs: int | None,
 ) -> dict:
-    started, load_start = time.perf_counter(), common.loadavg()
+    started, load_start = time.perf_counter(), common.cpu_snapshot()
     layers = list(layers)
     all_layers = len(layers) == bridge.cfg.n_layers
     chosen = None if all_layers else layers
@@ -262,6 +262,7 @@ def workload(
                 "steering_vectors",
                 lambda: run_steering_vectors(hf, tokenizer, sv_set, layers, batch_size),
                 lambda: run_steering_vectors(hf, tokenizer, small, layers, batch_size),
+                repeats=common.peer_repeats(args),
                 scale=sv_scale,
                 note=sv_note,
             )
@@ -271,6 +272,7 @@ def workload(
             "reference_loop",
             lambda: run_reference_loop(hf, tokenizer, ref_set, layers),
             lambda: run_reference_loop(hf, tokenizer, small, layers),
+            repeats=common.peer_repeats(args),
             scale=ref_scale,
             note=ref_note,
         )
@@ -334,9 +336,9 @@ def workload(
 
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--pairs", type=int, default=None, help="pairs, all layers (default 200; quick 16)")
+    p.add_argument("--pairs", type=int, default=None, help="pairs, all layers (default 200; quick 12)")
     p.add_argument(
-        "--middle-pairs", type=int, default=None, help="pairs, middle layer (default 100; quick 16)"
+        "--middle-pairs", type=int, default=None, help="pairs, middle layer (default 100; quick 8)"
     )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--middle-layer", type=int, default=15)
@@ -350,7 +352,7 @@ def main() -> None:
         "--reference-pairs",
         type=int,
         default=None,
-        help="the batch-1 reference loop is timed on this many pairs, then scaled (default 24; quick: all)",
+        help="the batch-1 reference loop is timed on this many pairs, then scaled (default 24; quick 4)",
     )
     p.add_argument("--only", choices=("all_layers", "middle_layer"), default=None)
     args = p.parse_args()
@@ -358,7 +360,7 @@ def main() -> None:
     quick = args.quick
     repeats = args.repeats or 2
     peer_batches = args.peer_batches or (None if quick else 3)
-    reference_pairs = args.reference_pairs or (None if quick else 24)
+    reference_pairs = args.reference_pairs or (4 if quick else 24)
     shared = common.shared_data_dir(args.shared_data)
     log("loading the default model (bridge) and a plain HF copy")
     bridge = common.load_bridge(args.device)
@@ -366,12 +368,12 @@ def main() -> None:
     n_layers = int(bridge.cfg.n_layers)
     runs = []
     if args.only in (None, "all_layers"):
-        runs.append(("extraction_all_layers", args.pairs or (16 if quick else 200), list(range(n_layers))))
+        runs.append(("extraction_all_layers", args.pairs or (12 if quick else 200), list(range(n_layers))))
     if args.only in (None, "middle_layer"):
         runs.append(
             (
                 f"extraction_layer_{args.middle_layer}",
-                args.middle_pairs or (16 if quick else 100),
+                args.middle_pairs or (8 if quick else 100),
                 [args.middle_layer],
             )
         )

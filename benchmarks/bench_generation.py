@@ -36,17 +36,17 @@ def padded(prompts, pad: int):
 
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--batch-sizes", default="1,8")
-    p.add_argument("--new-tokens", type=int, default=None, help="new tokens per row (default 64; quick 32)")
+    p.add_argument("--batch-sizes", default=None, help="comma-separated (default 1,8; quick 1,4)")
+    p.add_argument("--new-tokens", type=int, default=None, help="new tokens per row (default 64; quick 16)")
     p.add_argument("--layer", type=int, default=15)
     p.add_argument("--multiplier", type=float, default=4.0)
     p.add_argument("--vector-pairs", type=int, default=16)
     args = p.parse_args()
     common.setup(args)
     quick = args.quick
-    new_tokens = args.new_tokens or (32 if quick else 64)
+    new_tokens = args.new_tokens or (16 if quick else 64)
     repeats = args.repeats or (2 if quick else 3)
-    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    sizes = [int(b) for b in (args.batch_sizes or ("1,4" if quick else "1,8")).split(",")]
     shared = common.shared_data_dir(args.shared_data)
 
     from caa_lens.generation import generate
@@ -97,7 +97,7 @@ def main() -> None:
         return out[:, ids.shape[1] :].tolist()
 
     for batch in sizes:
-        started, load_start = time.perf_counter(), common.loadavg()
+        started, load_start = time.perf_counter(), common.cpu_snapshot()
         prompts = all_prompts[:batch]
         contenders = [
             Contender(
@@ -114,11 +114,13 @@ def main() -> None:
                 "bridge_generate",
                 lambda prompts=prompts: bridge(prompts, new_tokens),
                 lambda prompts=prompts: bridge(prompts, warm),
+                repeats=common.peer_repeats(args),
             ),
             Contender(
                 "hf_generate",
                 lambda prompts=prompts: plain(prompts, new_tokens),
                 lambda prompts=prompts: plain(prompts, warm),
+                repeats=common.peer_repeats(args),
             ),
         ]
         log(

@@ -116,7 +116,7 @@ def run_worker(n_pairs: int, args, shared: Path) -> dict:
 
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0])
-    p.add_argument("--sizes", default="100,1000", help="two pair counts (default 100,1000)")
+    p.add_argument("--sizes", default=None, help="two pair counts (default 100,1000; quick 50,500)")
     p.add_argument("--model", choices=("default", "tiny"), default=None, help="default; quick: tiny")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--worker", type=int, default=None, help=argparse_hidden())
@@ -126,14 +126,14 @@ def main() -> None:
     shared = common.shared_data_dir(args.shared_data)
     if args.model is None:
         args.model = "tiny" if args.quick else "default"
-    small, large = (int(x) for x in args.sizes.split(","))
+    small, large = (int(x) for x in (args.sizes or ("50,500" if args.quick else "100,1000")).split(","))
     if args.pool is None:
         args.pool = min(small, 48)
     if args.worker is not None:
         worker(args.worker, args.pool, args.model, shared, args.batch_size)
         return
 
-    started, load_start = time.perf_counter(), common.loadavg()
+    started, load_start = time.perf_counter(), common.cpu_snapshot()
     log(f"memory: extraction of {small} and {large} pairs on the {args.model} model, fresh processes")
     runs = {}
     for n in (small, large):

@@ -68,7 +68,7 @@ def main() -> None:
         "--layers", default=None, help="comma-separated (default 8,10,12,14,16,18; quick 10,14,18)"
     )
     p.add_argument("--multipliers", default=None, help="comma-separated (default -8,-4,-2,0,2,4,8)")
-    p.add_argument("--questions", type=int, default=None, help="test questions (default 50; quick 10)")
+    p.add_argument("--questions", type=int, default=None, help="test questions (default 50; quick 8)")
     p.add_argument("--sweep-batch", type=int, default=8, help="questions per prefix pass of run_sweep")
     p.add_argument("--recompute-batch", type=int, default=16, help="questions per recompute forward pass")
     p.add_argument(
@@ -77,14 +77,20 @@ def main() -> None:
         default=None,
         help="cells the recompute baseline is timed on, then scaled (default 3; quick 2)",
     )
-    p.add_argument("--vector-pairs", type=int, default=32, help="refusal pairs for the steering vector")
+    p.add_argument(
+        "--vector-pairs",
+        type=int,
+        default=None,
+        help="refusal pairs for the steering vector (default 32; quick 16)",
+    )
     args = p.parse_args()
     common.setup(args)
-    started, load_start = time.perf_counter(), common.loadavg()
+    started, load_start = time.perf_counter(), common.cpu_snapshot()
     quick = args.quick
+    vector_pairs = args.vector_pairs or (16 if quick else 32)
     layers = [int(x) for x in (args.layers or ("10,14,18" if quick else "8,10,12,14,16,18")).split(",")]
     multipliers = [float(x) for x in (args.multipliers or "-8,-4,-2,0,2,4,8").split(",")]
-    n_questions = args.questions or (10 if quick else 50)
+    n_questions = args.questions or (8 if quick else 50)
     repeats = args.repeats or 2
     all_cells = [(layer, m) for layer in layers for m in multipliers]
     k = min(args.recompute_cells or (2 if quick else 3), len(all_cells))
@@ -99,10 +105,8 @@ def main() -> None:
     test = test.select(range(min(n_questions, len(test))), f":first{n_questions}")
     log("loading the default model")
     model = common.load_bridge(args.device)
-    log(f"extracting the refusal vector from {args.vector_pairs} pairs at layers {layers}")
-    vector = caa_vector(
-        model, common.refusal_dataset(shared, args.vector_pairs), layers=layers, progress=False
-    )
+    log(f"extracting the refusal vector from {vector_pairs} pairs at layers {layers}")
+    vector = caa_vector(model, common.refusal_dataset(shared, vector_pairs), layers=layers, progress=False)
     warm_test = test.select(range(min(2, len(test))), ":warmup")
 
     with tempfile.TemporaryDirectory(prefix="caa-bench-sweep-") as tmp:
@@ -125,6 +129,7 @@ def main() -> None:
                 "recompute_per_cell",
                 lambda: recompute_per_cell(model, test, vector, timed_cells, args.recompute_batch),
                 lambda: recompute_per_cell(model, warm_test, vector, timed_cells[:1], args.recompute_batch),
+                repeats=common.peer_repeats(args),
                 scale=scale,
                 note=note,
             ),

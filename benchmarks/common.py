@@ -9,10 +9,12 @@ wall time: on a shared machine wall time includes waiting for a core, CPU time m
 """
 
 import argparse
+import functools
 import gc
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -70,6 +72,12 @@ def setup(args: argparse.Namespace) -> None:
         raise SystemExit("--repeats must be >= 1")
 
 
+def peer_repeats(args: argparse.Namespace) -> int | None:
+    """Rounds for a peer or baseline contender: one in quick mode (it fits the 3-minute budget and a
+    quick run is a smoke test of every contender), else as many as caa_lens gets."""
+    return 1 if args.quick and args.repeats is None else None
+
+
 def shared_data_dir(option: Path | None = None) -> Path:
     """``--shared-data``, else ``$CAA_LENS_SHARED_DATA``, else ``../shared/data`` beside the repository."""
     root = option or Path(os.environ.get(SHARED_DATA_ENV) or REPO.parent / "shared" / "data")
@@ -84,6 +92,7 @@ def shared_data_dir(option: Path | None = None) -> Path:
 # --------------------------------------------------------------------------- models and data
 
 
+@functools.cache
 def load_bridge(device: str = "cpu"):
     """The default model (SmolLM2-135M-Instruct) as caa_lens loads it: a TransformerBridge in raw mode."""
     from caa_lens.models import load_model
@@ -91,6 +100,7 @@ def load_bridge(device: str = "cpu"):
     return load_model(device=device)
 
 
+@functools.cache
 def load_plain_hf(device: str = "cpu"):
     """A separate, plain Hugging Face copy of the default model and a fresh tokenizer.
 
@@ -195,16 +205,54 @@ def machine(device: str = "cpu") -> dict[str, Any]:
     return info
 
 
-def load_note(start: list[float] | None, end: list[float] | None) -> str:
-    """A plain-words verdict on whether other processes competed for the cores while measuring."""
+def _busy_cpu_seconds() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (all cores), from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the memory benchmark's workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def cpu_snapshot() -> dict[str, Any]:
+    """Where the machine's CPU accounting stands now; two snapshots give other processes' share."""
+    return {
+        "wall": time.perf_counter(),
+        "busy_s": _busy_cpu_seconds(),
+        "own_s": _own_cpu_seconds(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+    }
+
+
+def others_cpu_share(start: dict[str, Any], end: dict[str, Any]) -> float | None:
+    """The fraction of the machine's cores other processes used between two snapshots.
+
+    Not the load average: that counts the benchmark's own threads, so a benchmark using both cores
+    looked "noisy" on an idle machine. This is the machine's busy CPU time minus this process's.
+    """
+    if start.get("busy_s") is None or end.get("busy_s") is None:
+        return None
+    wall = end["wall"] - start["wall"]
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if not start or not end:
+    others = (end["busy_s"] - start["busy_s"]) - (end["own_s"] - start["own_s"])
+    return max(0.0, others) / (wall * cpus) if wall > 0 else None
+
+
+def load_note(share: float | None) -> str:
+    """A plain-words verdict on whether other processes competed for the cores while measuring."""
+    if share is None:
         return "load unknown"
-    worst = max(start[0], end[0])
-    if worst < 0.25 * cpus + 0.5:
+    if share < 0.10:
         return "quiet"
     return (
-        f"NOISY: 1-min load average reached {worst:.1f} on {cpus} cores while measuring; "
+        f"NOISY: other processes used {share:.0%} of the cores while measuring; "
         "re-take these numbers on a quiet machine"
     )
 
@@ -347,10 +395,6 @@ def max_relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).norm(dim=-1) / norms).max())
 
 
-def loadavg() -> list[float] | None:
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
 def emit(
     workload: str,
     mode: str,
@@ -358,19 +402,26 @@ def emit(
     measured: dict[str, Measured],
     *,
     device: str = "cpu",
-    load_start: list[float] | None = None,
+    load_start: dict[str, Any] | None = None,
     started: float | None = None,
     **extra: Any,
 ) -> dict:
     """Print one workload's JSON line on stdout and return it.
 
-    ``load_start`` (the load average when the workload began) and the load now go into ``machine``
-    with a verdict on whether the machine was quiet; ``started`` (a ``perf_counter``) gives ``wall_s``.
+    ``load_start`` (a ``cpu_snapshot`` from when the workload began) gives the share of the cores
+    other processes used meanwhile and a verdict on whether the machine was quiet; ``started`` (a
+    ``perf_counter``) gives ``wall_s``.
     """
     info = machine(device)
-    info["loadavg_start"] = load_start
-    info["loadavg_end"] = info.pop("loadavg", None)
-    info["load"] = load_note(load_start, info["loadavg_end"])
+    info.pop("loadavg", None)
+    if load_start is not None:
+        end = cpu_snapshot()
+        share = others_cpu_share(load_start, end)
+        info["loadavg_start"], info["loadavg_end"] = load_start["loadavg"], end["loadavg"]
+        info["others_cpu_share"] = None if share is None else round(share, 3)
+        info["load"] = load_note(share)
+    else:
+        info["load"] = "load unknown"
     record = {
         "workload": workload,
         "mode": mode,

@@ -3,18 +3,24 @@
     python benchmarks/run_all.py            # full sizes (about 15 minutes on 2 quiet cores)
     python benchmarks/run_all.py --quick    # same contenders, smaller sizes (under 3 minutes)
 
-Each benchmark script runs in its own process, one after the other (never in parallel: they would
-time each other). Their JSON lines are passed through to stdout, progress and warnings go to stderr,
-and a summary (targets met or missed, the total time against the budget) ends the stderr output.
+Benchmarks run one after the other (never in parallel: they would time each other). In a full run
+each script runs in its own process; in a quick run they share this one, so the model is loaded
+once (three loads were a sixth of the 3-minute budget); ``--isolated`` forces separate processes.
+Their JSON lines are passed through to stdout, progress and warnings go to stderr, and a summary (targets met or missed, the total time against the budget) ends the stderr output.
 ``--out FILE`` also writes the lines to FILE; ``--markdown FILE`` writes the README's results table.
 """
 
 import argparse
+import contextlib
+import importlib
+import io
 import json
 import os
 import subprocess
 import sys
 import time
+import traceback
+import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -69,6 +75,35 @@ def markdown(records: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def run_isolated(script: str, argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """One benchmark script in a fresh process; returns its exit code and stdout."""
+    done = subprocess.run(
+        [sys.executable, str(HERE / script), *argv], stdout=subprocess.PIPE, text=True, env=env
+    )
+    return done.returncode, done.stdout
+
+
+def run_in_process(script: str, argv: list[str]) -> tuple[int, str]:
+    """One benchmark script's ``main`` in this process (models loaded once, see ``common.load_bridge``)."""
+    if str(HERE) not in sys.path:
+        sys.path.insert(0, str(HERE))
+    module = importlib.import_module(script.removesuffix(".py"))
+    saved, sys.argv = sys.argv, [script, *argv]
+    captured = io.StringIO()
+    code = 0
+    try:
+        with contextlib.redirect_stdout(captured):
+            module.main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except Exception:  # one broken benchmark must not lose the others' lines
+        traceback.print_exc()
+        code = 1
+    finally:
+        sys.argv = saved
+    return code, captured.getvalue()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
@@ -78,6 +113,11 @@ def main() -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--no-install", action="store_true")
+    p.add_argument(
+        "--isolated",
+        action="store_true",
+        help="each benchmark in its own process (the default for full runs)",
+    )
     p.add_argument("--out", type=Path, default=None, help="also write the JSON lines to this file")
     p.add_argument("--markdown", type=Path, default=None, help="write a markdown results table here")
     args = p.parse_args()
@@ -95,24 +135,26 @@ def main() -> None:
         forwarded.append("--no-install")
     mode = "quick" if args.quick else "full"
     env = dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore"), TQDM_DISABLE="1")
+    isolated = args.isolated or not args.quick
+    if not isolated:
+        os.environ.update(TQDM_DISABLE="1")
+        warnings.simplefilter("ignore")
     started = time.perf_counter()
     records: list[dict] = []
     failed: list[str] = []
     for name in args.only:
         print(f"== {name} ({mode})", file=sys.stderr, flush=True)
         step = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, str(HERE / SCRIPTS[name]), *forwarded],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for line in done.stdout.splitlines():
+        if isolated:
+            code, stdout = run_isolated(SCRIPTS[name], forwarded, env)
+        else:
+            code, stdout = run_in_process(SCRIPTS[name], forwarded)
+        for line in stdout.splitlines():
             if line.startswith("{"):
                 print(line, flush=True)
                 records.append(json.loads(line))
-        if done.returncode != 0:
-            failed.append(f"{name} (exit {done.returncode})")
+        if code != 0:
+            failed.append(f"{name} (exit {code})")
         print(f"== {name} took {time.perf_counter() - step:.0f} s", file=sys.stderr, flush=True)
     total = time.perf_counter() - started
 

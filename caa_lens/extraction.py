@@ -138,6 +138,7 @@ def _run_batch(
     model, batch: list[_PlannedPair], names: list[str], stop: int, pad: int
 ) -> Float[Tensor, "row layer d"]:
     """Activations at the read positions for 2*len(batch) rows (positive, negative interleaved)."""
+    from transformer_lens.model_bridge.exceptions import StopAtLayerException
     from transformers import DynamicCache
 
     captured: dict[str, Tensor] = {}
@@ -149,11 +150,23 @@ def _run_batch(
 
         return hook
 
+    def keep_and_stop(name: str):
+        # The last site read ends the forward pass, the way the bridge's own stop_at_layer does.
+        # stop_at_layer alone cannot stop after the final block: reading the last layer then also
+        # ran the final norm and the vocabulary-sized unembedding, 14% of an all-layer extraction.
+        def hook(activation: Tensor, hook) -> Tensor:
+            captured[name] = activation
+            raise StopAtLayerException(activation)
+
+        return hook
+
     has_prefix = all(len(p.prefix) > 0 for p in batch)
     cache = DynamicCache()
     if has_prefix:
         ids, mask, _ = left_pad([p.prefix for p in batch], pad)
-        model(ids, attention_mask=mask, past_key_values=cache, stop_at_layer=stop)
+        # The prefix pass fills the KV cache of every block up to the last site read, then stops.
+        with model.hooks(fwd_hooks=[(names[-1], keep_and_stop(names[-1]))]):
+            model(ids, attention_mask=mask, past_key_values=cache, stop_at_layer=stop)
         cache.batch_repeat_interleave(2)
         prefix_mask = mask.repeat_interleave(2, dim=0)
     else:  # some pair shares nothing (read at position 0): run full sequences
@@ -168,7 +181,8 @@ def _run_batch(
         ids[row, : len(suffix)] = torch.tensor(suffix)
         suffix_mask[row, : len(suffix)] = 1
     mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-    with model.hooks(fwd_hooks=[(name, keep(name)) for name in names]):
+    hooks = [(name, keep(name)) for name in names[:-1]] + [(names[-1], keep_and_stop(names[-1]))]
+    with model.hooks(fwd_hooks=hooks):
         model(ids, attention_mask=mask, past_key_values=cache if has_prefix else None, stop_at_layer=stop)
     rows = torch.arange(len(suffixes))
     columns = torch.tensor([r for p in batch for r in p.reads])
