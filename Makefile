@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo figures test lint typecheck unit bench clean
+.PHONY: setup demo figures test lint typecheck unit bench bench-quick clean
 
 setup: $(STAMP)
 
@@ -35,6 +35,13 @@ unit: $(STAMP)
 
 test: lint typecheck $(STAMP)
 	$(BIN)/python -m pytest -q --durations=15
+
+# Benchmarks against the peers and the limit (see benchmarks/README.md); writes the README's table.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --out results/benchmarks.jsonl --markdown results/benchmarks.md
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py --quick --out results/benchmarks-quick.jsonl --markdown results/benchmarks-quick.md
 
 clean:
 	rm -rf $(VENV) results .pytest_cache .mypy_cache .ruff_cache

@@ -45,7 +45,7 @@ def main() -> None:
     common.setup(args)
     quick = args.quick
     new_tokens = args.new_tokens or (16 if quick else 64)
-    repeats = args.repeats or (2 if quick else 3)
+    repeats = args.repeats or 2
     sizes = [int(b) for b in (args.batch_sizes or ("1,4" if quick else "1,8")).split(",")]
     shared = common.shared_data_dir(args.shared_data)
 

@@ -73,9 +73,13 @@ def setup(args: argparse.Namespace) -> None:
 
 
 def peer_repeats(args: argparse.Namespace) -> int | None:
-    """Rounds for a peer or baseline contender: one in quick mode (it fits the 3-minute budget and a
-    quick run is a smoke test of every contender), else as many as caa_lens gets."""
-    return 1 if args.quick and args.repeats is None else None
+    """Rounds for a peer or baseline contender: one, unless ``--repeats`` asks for more.
+
+    The targets that need a tight ratio (caa_lens against the limit, steered against unsteered) are
+    between contenders that get every round; a peer 2x or 10x slower needs no second round to decide
+    its target, and its rounds were half of the 15-minute budget.
+    """
+    return None if args.repeats is not None else 1
 
 
 def shared_data_dir(option: Path | None = None) -> Path:

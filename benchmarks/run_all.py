@@ -41,37 +41,63 @@ def _fmt(x) -> str:
     return str(x)
 
 
+SIZE_KEYS = ("pairs", "layers", "multipliers", "questions", "batch", "batch_size", "new_tokens")
+
+
+def _sizes(sizes: dict) -> str:
+    parts = []
+    for key in SIZE_KEYS:
+        if key not in sizes:
+            continue
+        value = sizes[key]
+        if isinstance(value, list) and key == "pairs":
+            value = " vs ".join(map(str, value))
+        elif isinstance(value, list):
+            value = value[0] if len(value) == 1 else f"{len(value)} ({value[0]:g}..{value[-1]:g})"
+        parts.append(f"{key.replace('_', ' ')} {value}")
+    return ", ".join(parts)
+
+
 def markdown(records: list[dict]) -> str:
-    """The README table: one row per workload, medians, ratios and targets."""
+    """The README table: one row per workload, each contender's median, the targets and verdicts."""
     lines = [
-        "| workload | sizes | median seconds | ratios | targets | load |",
+        "| workload | sizes | median seconds | target | measured | |",
         "|---|---|---|---|---|---|",
     ]
+    noisy = []
     for r in records:
-        sizes = ", ".join(f"{k}={v}" for k, v in r.get("sizes", {}).items() if k not in ("repeats",))
         medians = "<br>".join(
             f"{name}: {_fmt(c.get('median_s'))}" + (" (scaled)" if c.get("scale") else "")
             if "skipped" not in c
-            else f"{name}: skipped"
+            else f"{name}: skipped ({c['skipped'][:60]})"
             for name, c in r.get("contenders", {}).items()
         )
         if r["workload"] == "memory_extraction":
             medians = "<br>".join(
-                f"{n} pairs: peak +{v.get('extraction_peak_above_start_mb')} MB" for n, v in r["runs"].items()
+                f"{v.get('pairs')} pairs: peak RSS {v.get('peak_rss_mb')} MB" for v in r["runs"].values()
             )
-        ratios = "<br>".join(f"{k}: {_fmt(v)}" for k, v in r.get("ratios", {}).items())
-        if "growth_mb" in r:
-            ratios = f"growth: {r['growth_mb']} MB (sensitivity {r['sensitivity_mb']} MB)"
-        targets = "<br>".join(
-            f"{'met' if t['met'] else ('MISSED' if t['met'] is False else 'n/a')}: {t['target']} "
-            f"({_fmt(t['value'])} {t['comparison']} {t['threshold']})"
-            for t in r.get("targets", [])
+        targets = r.get("targets", [])
+        verdicts = {True: "met", False: "**missed**", None: "n/a"}
+        lines.append(
+            f"| {r['workload']} | {_sizes(r.get('sizes', {}))} | {medians} | "
+            + "<br>".join(t["target"].replace("|", "\\|") for t in targets)
+            + " | "
+            + "<br>".join(f"{_fmt(t['value'])} {t['comparison']} {_fmt(t['threshold'])}" for t in targets)
+            + " | "
+            + "<br>".join(verdicts[t["met"]] for t in targets)
+            + " |"
         )
         load = r.get("machine", {}).get("load", "")
-        lines.append(
-            f"| {r['workload']} ({r.get('mode')}) | {sizes} | {medians} | {ratios} | {targets} | "
-            f"{'quiet' if load == 'quiet' else 'noisy'} |"
-        )
+        if load != "quiet":
+            noisy.append(f"{r['workload']}: {load}")
+    machine = records[0].get("machine", {}) if records else {}
+    lines.append("")
+    lines.append(
+        f"Measured on {machine.get('cpu', '?')} ({machine.get('usable_cpus', '?')} cores, "
+        f"torch {machine.get('versions', {}).get('torch', '?')}, {machine.get('torch_threads', '?')} threads), "
+        f"{records[0].get('mode', '?') if records else '?'} mode; "
+        + ("every workload measured on a quiet machine." if not noisy else "NOISY: " + "; ".join(noisy))
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -159,8 +185,10 @@ def main() -> None:
     total = time.perf_counter() - started
 
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("".join(json.dumps(r) + "\n" for r in records))
     if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown(records))
     print(
         f"\n== summary ({mode}, {total:.0f} s; budget {BUDGET_S[mode]} s on 2 quiet cores)", file=sys.stderr

@@ -357,3 +357,46 @@ def test_default_model_sweep_equals_full_recompute(default_model, shared_data, t
             assert (swept - reference).abs().max() < 1e-4
     unsteered = table[table.multiplier == 0.0]
     assert (unsteered.p_letters_sum > 0.5).all()  # unsteered, the model answers with a letter after "("
+
+
+@pytest.mark.shared_data
+def test_cli_sweep_runs_on_shared_caa_and_mwe_files(tmp_path, shared_data):
+    """The stage commands take the shared files as they are: a CAA A/B JSON and an MWE Yes/No JSONL."""
+    from typer.testing import CliRunner
+
+    from caa_lens.cli import app
+    from caa_lens.tiny import tiny_hf_model
+
+    hf_model, tokenizer = tiny_hf_model()
+    model_dir = tmp_path / "model"
+    hf_model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    runner = CliRunner()
+
+    def invoke(*args):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    caa = shared_data / "caa"
+    vector = tmp_path / "refusal.safetensors"
+    invoke(
+        "vectors",
+        caa / "generate/refusal/generate_dataset.json",
+        "--out",
+        vector,
+        "--model",
+        model_dir,
+        "--limit",
+        "4",
+    )
+    mwe = sorted((shared_data / "mwe" / "persona").glob("*.jsonl"))[0]
+    for name, dataset in (("caa", caa / "test/refusal/test_dataset_ab.json"), ("mwe", mwe)):
+        out = tmp_path / f"{name}.jsonl"
+        options = ["--vector", vector, "--layers", "1,2", "--multipliers=-2,0,2", "--model", model_dir]
+        invoke("sweep", "run", dataset, "--out", out, *options, "--limit", "3")
+        table = load_results(out)
+        assert len(table) == 3 * 2 * 3
+        assert table.p_matching.between(0, 1).all()
+        labels = set(table.matching_label) if "matching_label" in table else set()
+        assert labels <= ({"A", "B"} if name == "caa" else {"Yes", "No"})
