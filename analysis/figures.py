@@ -28,7 +28,7 @@ def _saved(directory: Path) -> set[str]:
 
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
+    figure.savefig(path, bbox_inches="tight")  # the plots' style is not active here
     plt.close(figure)
     return path
 

@@ -268,10 +268,10 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
                     {
                         "behaviour": behaviour,
                         "multiplier": multiplier,
-                        "prompt": p.text.split("user\n")[-1],
+                        "prompt": question,
                         "completion": text.strip(),
                     }
-                    for p, text in zip(prompts, result.texts, strict=True)
+                    for question, text in zip(questions, result.texts, strict=True)
                 ]
         pd.DataFrame(rows).to_csv(out / "generations.csv", index=False)
         view = token_projections(

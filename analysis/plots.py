@@ -44,7 +44,7 @@ def _styled():
 def _finish(figure: Figure, save: str | Path | None) -> Figure:
     if save is not None:
         Path(save).parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(save)
+        figure.savefig(save, bbox_inches="tight")  # the style is not active outside its context
     return figure
 
 

@@ -5,6 +5,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -63,18 +64,26 @@ def _findings(results: Path) -> list[str]:
             f"{tradeoff.best_ratio:g} (layer {tradeoff.layer})."
         )  # type: ignore[attr-defined]
     if "reversal" in saved:
-        rev = load_result(results, "reversal")
-        best = rev.best.iloc[0] if len(rev.best) else None  # type: ignore[attr-defined]
-        text = (
-            f"best input {best['text']!r} moved it to {best['score']:.3f}"
-            if best is not None and "text" in best and "score" in best
-            else "see reversal.best.csv"
+        rev: Any = load_result(results, "reversal")
+        effect = rev.steered - rev.unsteered
+        summary = (
+            f"- reversal search ({rev.iterations} iterations, {rev.elapsed_s:.0f} s, stopped by {rev.stopped_by}): "
+            f"p(matching) unsteered {rev.unsteered:.3f}, steered {rev.steered:.3f}"
         )
-        lines.append(
-            f"- reversal search ({rev.iterations} iterations, {rev.elapsed_s:.0f} s, stopped by "  # type: ignore[attr-defined]
-            f"{rev.stopped_by}): unsteered {rev.unsteered:.3f}, steered {rev.steered:.3f}; {text}; "  # type: ignore[attr-defined]
-            f"reversed: {rev.reversed}."
-        )  # type: ignore[attr-defined]
+        if len(rev.best):
+            top = rev.best.loc[rev.best.reversal.idxmax()]
+            summary += (
+                f"; the best insertion {top['text']!r} moved the steered model to {top['p_steered']:.3f} "
+                f"({top['reversal_fraction']:.2f} of the steering effect; the unsteered model with it: "
+                f"{top['p_unsteered']:.3f}; on held-out items {top['heldout_reversal_fraction']:.2f})"
+            )
+        if abs(effect) < 0.02:
+            # A reversal of a steering effect this small is within what any insertion does to the question.
+            summary += (
+                f". The steering effect here ({effect:+.3f}) is too small for a reversal to mean anything: "
+                "steer harder or at another layer before reading this"
+            )
+        lines.append(summary + ".")
     return lines
 
 
