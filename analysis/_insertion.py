@@ -79,7 +79,7 @@ class InsertionBatch:
 
 def insertion_batch(model, dataset: ContrastiveDataset, placement: Placement = "suffix") -> InsertionBatch:
     """Split every item at its insertion point and run the parts before it once (no gradients)."""
-    from transformers import DynamicCache
+    from caa_lens.kv_cache import new_cache, require_filled
 
     prompts, cuts = [], []
     for index, item in enumerate(dataset):
@@ -88,11 +88,12 @@ def insertion_batch(model, dataset: ContrastiveDataset, placement: Placement = "
         cuts.append(insertion_index(model.tokenizer, prompt, item.question, placement))
     heads = [p.prompt.token_ids[:c] for p, c in zip(prompts, cuts, strict=True)]
     ids, mask, _ = left_pad(heads, pad_token_id(model.tokenizer))
-    cache = DynamicCache()
+    cache = new_cache()
     device = model.cfg.device
     # no_grad, not inference_mode: the cache is later used inside passes that need gradients.
     with torch.no_grad():
         logits = model(ids.to(device), attention_mask=mask.to(device), past_key_values=cache)
+    require_filled(cache, ids.shape[1], "insertion search prefix pass")
     return InsertionBatch(
         tuple(prompts),
         cache,

@@ -222,7 +222,7 @@ def split_position(prompt: FormattedPrompt, rule: SplitRule) -> int:
 
 def encode_prefixes(model, prompts: Sequence[ScoringPrompt], split: SplitRule = "from_start") -> PrefixBatch:
     """Run the unsteered prefixes (tokens before the steering start) of a batch of items once."""
-    from transformers import DynamicCache
+    from caa_lens.kv_cache import new_cache, require_filled
 
     cuts = [split_position(p.prompt, split) for p in prompts]
     if min(cuts) == 0:
@@ -237,7 +237,7 @@ def encode_prefixes(model, prompts: Sequence[ScoringPrompt], split: SplitRule = 
     for row, suffix in enumerate(suffixes):
         suffix_ids[row, : len(suffix)] = torch.tensor(suffix)
         suffix_mask[row, : len(suffix)] = 1
-    cache = DynamicCache()
+    cache = new_cache()
     device = model.cfg.device
     with torch.inference_mode():
         # stop_at_layer skips the unembedding (the largest matmul here) but every block, and so every
@@ -248,6 +248,7 @@ def encode_prefixes(model, prompts: Sequence[ScoringPrompt], split: SplitRule = 
             past_key_values=cache,
             stop_at_layer=int(model.cfg.n_layers),
         )
+    require_filled(cache, ids.shape[1], "A/B scoring prefix pass")
     return PrefixBatch(tuple(prompts), cache, prefix_mask, suffix_ids, suffix_mask)
 
 

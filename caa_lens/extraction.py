@@ -139,7 +139,8 @@ def _run_batch(
 ) -> Float[Tensor, "row layer d"]:
     """Activations at the read positions for 2*len(batch) rows (positive, negative interleaved)."""
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
-    from transformers import DynamicCache
+
+    from caa_lens.kv_cache import new_cache, require_filled
 
     captured: dict[str, Tensor] = {}
 
@@ -161,12 +162,13 @@ def _run_batch(
         return hook
 
     has_prefix = all(len(p.prefix) > 0 for p in batch)
-    cache = DynamicCache()
+    cache = new_cache()
     if has_prefix:
         ids, mask, _ = left_pad([p.prefix for p in batch], pad)
         # The prefix pass fills the KV cache of every block up to the last site read, then stops.
         with model.hooks(fwd_hooks=[(names[-1], keep_and_stop(names[-1]))]):
             model(ids, attention_mask=mask, past_key_values=cache, stop_at_layer=stop)
+        require_filled(cache, ids.shape[1], "extraction prefix pass")
         cache.batch_repeat_interleave(2)
         prefix_mask = mask.repeat_interleave(2, dim=0)
     else:  # some pair shares nothing (read at position 0): run full sequences

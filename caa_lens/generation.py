@@ -118,7 +118,7 @@ def generate(
     >>> len(result.token_ids[0])
     3
     """
-    from transformers import DynamicCache
+    from caa_lens.kv_cache import new_cache, require_filled
 
     _check_arguments(max_new_tokens, temperature, top_p)
     formatted = [p if isinstance(p, FormattedPrompt) else format_prompt(model.tokenizer, p) for p in prompts]
@@ -134,7 +134,7 @@ def generate(
     ids, mask = ids.to(device), mask.to(device)
     ends = torch.tensor(end_token_ids(model) if stop_at_eos else (), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
-    cache = DynamicCache() if use_cache else None
+    cache = new_cache() if use_cache else None
     finished = torch.zeros(len(formatted), dtype=torch.bool, device=device)
     lengths = torch.zeros(len(formatted), dtype=torch.long, device=device)
     steps: list[Tensor] = []
@@ -150,6 +150,7 @@ def generate(
         for _ in range(max_new_tokens):
             if use_cache:
                 logits = model(step_input, attention_mask=mask, past_key_values=cache)
+                require_filled(cache, mask.shape[1], "generate (KV cache)")
             else:
                 logits = model(step_input, attention_mask=mask, use_cache=False)
             token = next_tokens(logits[:, -1, :], temperature, top_p, generator)

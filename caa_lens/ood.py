@@ -161,12 +161,12 @@ class ModelJudgeScorer:
         then run only ``base[-1:] + ctx`` on it, so logits are computed for a few positions, not the
         whole rubric (a batch of full-length logits would take gigabytes on a 49k vocabulary).
         """
-        from transformers import DynamicCache
+        from caa_lens.kv_cache import new_cache, require_filled
 
         pad = pad_token_id(self.model.tokenizer)
         device = self.model.cfg.device
         ids, prefix_mask, _ = left_pad([b[:-1] for b in bases], pad)
-        cache = DynamicCache()
+        cache = new_cache()
         with torch.inference_mode():
             self.model(
                 ids.to(device),
@@ -174,6 +174,7 @@ class ModelJudgeScorer:
                 past_key_values=cache,
                 stop_at_layer=int(self.model.cfg.n_layers),
             )
+            require_filled(cache, ids.shape[1], "OOD rubric prefix pass")
             owner = torch.tensor([q for q, _ in rows])
             cache.batch_select_indices(owner.to(device))
             suffixes = [bases[q][-1:] + ctx for q, ctx in rows]

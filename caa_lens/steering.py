@@ -89,7 +89,8 @@ def _start_offset(args: tuple, kwargs: dict) -> int:
     cache_position = kwargs.get("cache_position")
     if cache_position is not None:
         return int(cache_position.reshape(-1)[0])
-    past = kwargs.get("past_key_values")
+    # transformers 5.x renames the argument to ``cache`` (``past_key_values`` goes in 5.40).
+    past = kwargs.get("past_key_values", kwargs.get("cache"))
     if past is None:
         return 0
     if not hasattr(past, "get_seq_length"):

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import SHARED_DATA
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 QUICK_FLAG = "CAA_LENS_QUICK"
+SHARED_FLAG = "CAA_LENS_SHARED_DATA"  # notebooks that read it need ../shared/data; skipped without it
 FULL_RUNS = ("01_quickstart.ipynb",)  # quick-mode notebooks that CI also runs on the default model
 
 
@@ -21,10 +23,19 @@ def _supports_quick(path: Path) -> bool:
     return any(QUICK_FLAG in cell.source for cell in notebook.cells if cell.cell_type == "code")
 
 
+def _needs_shared_data(path: Path) -> bool:
+    notebook = nbformat.read(path, as_version=4)
+    return any(SHARED_FLAG in cell.source for cell in notebook.cells if cell.cell_type == "code")
+
+
 def _execute(path: Path, quick: bool, monkeypatch: pytest.MonkeyPatch, timeout: int) -> None:
     """Run every cell in a fresh kernel (this interpreter's); any cell error fails the test."""
     from nbclient import NotebookClient
 
+    if _needs_shared_data(path):
+        if not SHARED_DATA.is_dir():
+            pytest.skip(f"{path.name} reads the shared data, not found at {SHARED_DATA} (set {SHARED_FLAG})")
+        monkeypatch.setenv(SHARED_FLAG, str(SHARED_DATA))
     monkeypatch.setenv(QUICK_FLAG, "1" if quick else "0")
     # The kernel inherits the environment: drop CI's Agg backend so figures render inline as for a user.
     monkeypatch.delenv("MPLBACKEND", raising=False)
