@@ -74,8 +74,8 @@ def _findings(results: Path) -> list[str]:
             top = rev.best.loc[rev.best.reversal.idxmax()]
             summary += (
                 f"; the best insertion {top['text']!r} moved the steered model to {top['p_steered']:.3f} "
-                f"({top['reversal_fraction']:.2f} of the steering effect; the unsteered model with it: "
-                f"{top['p_unsteered']:.3f}; on held-out items {top['heldout_reversal_fraction']:.2f})"
+                f"(it undid {top['reversal_fraction']:.2f}x the steering effect; the unsteered model with it: "
+                f"{top['p_unsteered']:.3f}; on held-out items it undid {top['heldout_reversal_fraction']:.2f}x)"
             )
         if abs(effect) < 0.02:
             # A reversal of a steering effect this small is within what any insertion does to the question.
