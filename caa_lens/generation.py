@@ -150,7 +150,8 @@ def generate(
         for _ in range(max_new_tokens):
             if use_cache:
                 logits = model(step_input, attention_mask=mask, past_key_values=cache)
-                require_filled(cache, mask.shape[1], "generate (KV cache)")
+                if not steps:  # the prompt pass; later steps append to the cache it proved is filled
+                    require_filled(cache, mask.shape[1], "generate (KV cache)")
             else:
                 logits = model(step_input, attention_mask=mask, use_cache=False)
             token = next_tokens(logits[:, -1, :], temperature, top_p, generator)

@@ -18,21 +18,21 @@ SHARED_FLAG = "CAA_LENS_SHARED_DATA"  # notebooks that read it need ../shared/da
 FULL_RUNS = ("01_quickstart.ipynb",)  # quick-mode notebooks that CI also runs on the default model
 
 
+def _code_reads(path: Path, flag: str) -> bool:
+    """Whether any code cell of the notebook mentions the environment variable ``flag``."""
+    notebook = nbformat.read(path, as_version=4)
+    return any(flag in cell.source for cell in notebook.cells if cell.cell_type == "code")
+
+
 def _supports_quick(path: Path) -> bool:
-    notebook = nbformat.read(path, as_version=4)
-    return any(QUICK_FLAG in cell.source for cell in notebook.cells if cell.cell_type == "code")
-
-
-def _needs_shared_data(path: Path) -> bool:
-    notebook = nbformat.read(path, as_version=4)
-    return any(SHARED_FLAG in cell.source for cell in notebook.cells if cell.cell_type == "code")
+    return _code_reads(path, QUICK_FLAG)
 
 
 def _execute(path: Path, quick: bool, monkeypatch: pytest.MonkeyPatch, timeout: int) -> None:
     """Run every cell in a fresh kernel (this interpreter's); any cell error fails the test."""
     from nbclient import NotebookClient
 
-    if _needs_shared_data(path):
+    if _code_reads(path, SHARED_FLAG):
         if not SHARED_DATA.is_dir():
             pytest.skip(f"{path.name} reads the shared data, not found at {SHARED_DATA} (set {SHARED_FLAG})")
         monkeypatch.setenv(SHARED_FLAG, str(SHARED_DATA))
