@@ -2,13 +2,28 @@
 
 It lives in ``analysis`` because the main job runs the analyses, and ``caa_lens`` never imports
 ``analysis``; the stage commands themselves are defined in ``caa_lens.cli`` and mounted here.
+
+``main`` is the entry point: it turns every error into one line on stderr and an exit code (2: a bad
+argument, input or output path, found before any work; 1: the run itself failed), with ``--debug``
+(anywhere on the command line) showing the traceback instead.
 """
 
+import math
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from typer.exceptions import TyperException
 
+from caa_lens.cli import MODEL_HELP, UsageError, checking
 from caa_lens.cli import app as stage_app
+from caa_lens.models import DEFAULT_MODEL
+
+__all__ = ["app", "main", "run"]
 
 app = typer.Typer(
     help=(
@@ -16,24 +31,53 @@ app = typer.Typer(
         "Typical session: `caa-lens vectors optimism --out v.safetensors`, then `caa-lens sweep run ...`, "
         "`caa-lens evaluate ...`, `caa-lens generate ...`; or everything at once with `caa-lens demo`. "
         "Datasets are bundled names (optimism, formality, sycophancy; add :test for the held-out split) "
-        "or paths to CAA JSON / model-written-evaluation JSONL files."
+        "or paths to CAA JSON / model-written-evaluation JSONL files. Errors are one line; add --debug "
+        "anywhere for the traceback. Exit codes: 0 done, 1 the run failed, 2 a bad argument or file."
     ),
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
-app.registered_commands += [c for c in stage_app.registered_commands if c.name != "demo"]
+app.registered_commands += stage_app.registered_commands
 app.registered_groups += stage_app.registered_groups
 
 
 def _datasets(specs: list[str]) -> tuple[tuple[str, str, str], ...]:
-    parsed = []
+    """``NAME=TRAIN,TEST`` specs, each file loaded once here so a bad one fails before the model loads."""
+    from caa_lens.data import resolve_dataset
+
+    parsed: list[tuple[str, str, str]] = []
     for spec in specs:
         name, _, files = spec.partition("=")
         train, _, test = files.partition(",")
         if not (name and train and test):
-            raise typer.BadParameter(f"{spec!r}: expected NAME=TRAIN,TEST (bundled names or file paths)")
+            raise UsageError(f"--dataset {spec!r}: expected NAME=TRAIN,TEST (bundled names or file paths)")
+        if name in {n for n, _, _ in parsed}:
+            raise UsageError(f"--dataset {spec!r}: the name {name!r} is used twice")
+        for part in (train, test):
+            with checking(f"--dataset {name}"):
+                resolve_dataset(part)
         parsed.append((name, train, test))
     return tuple(parsed)
+
+
+def _check_demo_arguments(out: Path, model: str, focus_layer: int, multiplier: float) -> None:
+    from analysis.pipeline import is_results_dir
+    from caa_lens.outputs import check_output_dir
+
+    with checking("--out"):
+        check_output_dir(out, "results", is_results_dir)
+    if focus_layer < 0:
+        raise UsageError(f"--focus-layer must be >= 0, got {focus_layer}")
+    if not math.isfinite(multiplier):
+        raise UsageError(f"--multiplier must be a finite number, got {multiplier}")
+    from caa_lens import cli as stage
+
+    n_layers = stage._check_model(model)
+    if n_layers is not None and focus_layer >= n_layers:
+        raise UsageError(
+            f"--focus-layer {focus_layer} does not exist; the model has layers 0..{n_layers - 1}"
+        )
 
 
 @app.command()
@@ -41,9 +85,7 @@ def demo(
     out: Path = typer.Option(
         Path("results/demo"), help="Directory for vectors, tables, figures and the report."
     ),
-    model: str = typer.Option(
-        "smollm2-135m-instruct", help="Model name, checkpoint dir, .gguf file, or 'tiny'."
-    ),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     dataset: list[str] = typer.Option(
         [], help="NAME=TRAIN,TEST to analyse instead of the bundled behaviours (repeatable)."
     ),
@@ -64,29 +106,30 @@ def demo(
     """The main job: vectors for every behaviour at every layer, a layer x multiplier sweep, the analysis
     suite, steered generations and a Markdown report with every figure. Rerunning skips finished stages."""
     from analysis.pipeline import DemoConfig, run_demo
+    from caa_lens.capability import read_text
+    from caa_lens.data import BUNDLED_BEHAVIOURS
 
-    config = DemoConfig(
+    chosen = _datasets(dataset) if dataset else None
+    names = [name for name, _, _ in chosen] if chosen else list(BUNDLED_BEHAVIOURS)
+    if reference_text is not None:
+        with checking("--reference-text"):
+            if not read_text(reference_text).strip():
+                raise UsageError(f"--reference-text {reference_text} is empty")
+    if focus and focus not in names:
+        raise UsageError(f"--focus {focus!r} is not one of the datasets {list(names)}")
+    settings = dict(
         model=model, focus_layer=focus_layer, focus_multiplier=multiplier, reference_text=reference_text
     )
-    if dataset:
-        chosen = _datasets(dataset)
-        config = DemoConfig(
-            model=model,
-            datasets=chosen,
-            focus=focus or chosen[0][0],
-            focus_layer=focus_layer,
-            focus_multiplier=multiplier,
-            reference_text=reference_text,
-        )
+    if chosen:
+        config = DemoConfig(datasets=chosen, focus=focus or chosen[0][0], **settings)  # type: ignore[arg-type]
     elif focus:
-        config = DemoConfig(
-            model=model,
-            focus=focus,
-            focus_layer=focus_layer,
-            focus_multiplier=multiplier,
-            reference_text=reference_text,
-        )
-    run_demo(out, config.quick() if quick else config)
+        config = DemoConfig(focus=focus, **settings)  # type: ignore[arg-type]
+    else:
+        config = DemoConfig(**settings)  # type: ignore[arg-type]
+    config = config.quick() if quick else config
+    # --quick sets its own focus layer and multiplier: check the ones the run will use.
+    _check_demo_arguments(out, model, config.focus_layer, config.focus_multiplier)
+    run_demo(out, config)
 
 
 @app.command()
@@ -95,9 +138,7 @@ def analyse(
         ..., help="NAME=TRAIN,TEST (repeatable), e.g. refusal=gen.json,test.json."
     ),
     out: Path = typer.Option(Path("results/analyse"), help="Results directory."),
-    model: str = typer.Option(
-        "smollm2-135m-instruct", help="Model name, checkpoint dir, .gguf file, or 'tiny'."
-    ),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     focus_layer: int = typer.Option(12, help="Layer for transfer, reversal and generations."),
     multiplier: float = typer.Option(8.0, help="Multiplier for the single-behaviour analyses."),
     quick: bool = typer.Option(False, help="Tiny sizes."),
@@ -112,7 +153,7 @@ def analyse(
         multiplier=multiplier,
         reference_text=None,
         quick=quick,
-    )  # type: ignore[arg-type]
+    )
 
 
 @app.command()
@@ -122,15 +163,82 @@ def figures(
     kind: list[str] = typer.Option([], help="Figure types to draw (repeatable; default: all)."),
 ) -> None:
     """Redraw figures from saved results alone (no model needed)."""
-    from analysis.figures import FIGURES, draw
+    from analysis.figures import FIGURES, draw, is_figures_dir
+    from analysis.pipeline import is_results_dir
+    from caa_lens.outputs import check_output_dir
 
-    try:
-        paths = draw(results, out, kind or None)
-    except ValueError as err:
-        raise typer.BadParameter(f"{err}; known types: {', '.join(FIGURES)}") from err
-    for path in paths:
+    if not results.is_dir() or not is_results_dir(results):
+        raise UsageError(f"{results} is not a results directory written by `caa-lens demo`")
+    unknown = [k for k in kind if k not in FIGURES]
+    if unknown:
+        raise UsageError(
+            f"--kind {', '.join(unknown)}: unknown figure type; known types: {', '.join(FIGURES)}"
+        )
+    with checking("--out"):
+        check_output_dir(out or results / "figures", "figures", is_figures_dir)
+    for path in draw(results, out, kind or None):
         typer.echo(str(path))
 
 
+def _one_line(error: BaseException) -> str:
+    message = error.format_message() if isinstance(error, TyperException) else str(error)
+    if isinstance(error, KeyError) and error.args:
+        message = str(error.args[0])
+    message = " ".join(message.split()) or type(error).__name__
+    return message
+
+
+@contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Warnings reach the user as ``caa-lens: warning: ...`` lines, not as source excerpts."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        print(f"caa-lens: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``caa-lens`` with ``argv`` (default: the process's arguments) and return the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [arg for arg in args if arg != "--debug"]
+    if not args:
+        args = ["--help"]
+    with _warnings_as_lines():
+        try:
+            app(args=args, prog_name="caa-lens", standalone_mode=False)
+            return 0
+        except typer.Exit as done:
+            return int(done.exit_code or 0)
+        except (typer.Abort, KeyboardInterrupt):
+            print("caa-lens: interrupted", file=sys.stderr)
+            return 130
+        except (TyperException, UsageError) as error:
+            if debug:
+                traceback.print_exc()
+            print(f"caa-lens: error: {_one_line(error)}", file=sys.stderr)
+            return 2
+        except Exception as error:
+            if debug:
+                traceback.print_exc()
+                return 1
+            print(
+                f"caa-lens: error: {_one_line(error)} ({type(error).__name__}; --debug shows the traceback)",
+                file=sys.stderr,
+            )
+            return 1
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
 if __name__ == "__main__":
-    app()
+    run()

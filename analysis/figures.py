@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 
 from analysis import plots
 from analysis.store import load_result
+from caa_lens.outputs import check_output_dir
 
 Drawer = Callable[[Path, Path], list[Path]]
 
@@ -26,9 +27,28 @@ def _saved(directory: Path) -> set[str]:
     return {p.name.removesuffix(".json") for p in (directory / "results").glob("*.json")}
 
 
+# PNG text chunk that marks a figure as caa_lens's own, so redrawing may replace it and nothing else.
+FIGURE_SOFTWARE = "caa_lens figures"
+
+
+def is_caa_lens_png(path: Path) -> bool:
+    """True for a PNG whose ``Software`` text chunk says caa_lens drew it."""
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    return b"tEXtSoftware\x00" + FIGURE_SOFTWARE.encode() in head
+
+
+def is_figures_dir(path: Path) -> bool:
+    """True when every file in ``path`` is a figure caa_lens drew (an empty directory too)."""
+    return all(p.is_file() and p.suffix == ".png" and is_caa_lens_png(p) for p in Path(path).iterdir())
+
+
 def _save(figure: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, bbox_inches="tight")  # the plots' style is not active here
+    # the plots' style is not active here
+    figure.savefig(path, bbox_inches="tight", metadata={"Software": FIGURE_SOFTWARE})
     plt.close(figure)
     return path
 
@@ -173,6 +193,8 @@ def draw(
     unknown = sorted(set(kinds or []) - set(FIGURES))
     if unknown:
         raise ValueError(f"unknown figure types {unknown}: expected some of {sorted(FIGURES)}")
+    # Redraw only over figures caa_lens drew: never into a directory holding anything else.
+    check_output_dir(target, "figures", is_figures_dir)
     paths: list[Path] = []
     for kind in kinds or list(FIGURES):
         paths += FIGURES[kind](results, target)
@@ -188,6 +210,9 @@ def script_main(kind: str, argv: list[str] | None = None) -> None:
     )
     parser.add_argument("results", type=Path, help="directory written by `caa-lens demo`")
     parser.add_argument("out", type=Path, nargs="?", help="output directory (default: RESULTS/figures)")
+    parser.add_argument("--out", dest="out_option", type=Path, help="the same as OUT")
     args = parser.parse_args(argv)
-    for path in draw(args.results, args.out, [kind]):
+    if args.out and args.out_option and args.out != args.out_option:
+        parser.error("give the output directory once (OUT or --out)")
+    for path in draw(args.results, args.out or args.out_option, [kind]):
         print(path)

@@ -23,6 +23,7 @@ from analysis.scaling import sample_size_scaling, steering_effect_by_size, subse
 from analysis.similarity import behaviour_similarity, layer_similarity, layer_transfer, mean_vs_pca
 from analysis.store import save_result
 from caa_lens.capability import read_text
+from caa_lens.outputs import check_output_dir
 from caa_lens.sweep import load_results, run_sweep, summarize
 from caa_lens.views import save_html, token_projections
 
@@ -106,13 +107,41 @@ class _Stages:
         print(f"[{name}] done in {self.timings[name]} s", flush=True)
 
 
+# Written first into every results directory: it marks the directory as caa_lens's own, so a rerun may
+# continue it, while a directory without it (the user's) is never written into.
+RESULTS_MARKER = ".caa_lens-results"
+
+
+def is_results_dir(path: Path) -> bool:
+    """True for a directory the main job wrote: its marker, or (runs before the marker) a stage marker
+    file or a manifest that records caa-lens's version. A user's ``manifest.json`` does not count."""
+    path = Path(path)
+    if (path / RESULTS_MARKER).is_file() or any((path / "stages").glob("*.done")):
+        return True
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and "caa-lens" in (manifest.get("versions") or {})
+
+
 def _load_model(name: str):
     return cl.tiny_model() if name == "tiny" else cl.load_model(name)
 
 
+def claim_results_dir(out: Path) -> Path:
+    """Make ``out`` a results directory of caa_lens's, refusing one that holds anyone else's files."""
+    check_output_dir(out, "results", is_results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    marker = out / RESULTS_MARKER
+    if not marker.exists():
+        marker.write_text('{"format": "caa_lens.results/1"}\n')
+    return out
+
+
 def run_demo(out: Path, config: DemoConfig) -> Path:
     """Run the whole pipeline into ``out`` and return the report's path."""
-    out.mkdir(parents=True, exist_ok=True)
+    claim_results_dir(out)
     started = time.perf_counter()
     model = _load_model(config.model)
     identity = cl.model_identity(model)
@@ -172,7 +201,8 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
     def similarity() -> None:
         for behaviour, vector in vectors.items():
             save_result(layer_similarity(vector), out / "results", f"layer_similarity-{behaviour}")
-        save_result(behaviour_similarity(vectors), out / "results", "behaviour_similarity")
+        if len(vectors) > 1:  # a comparison between behaviours needs two of them
+            save_result(behaviour_similarity(vectors), out / "results", "behaviour_similarity")
         save_result(mean_vs_pca(model, focus_acts), out / "results", "method_similarity")
 
     stages.run("similarity", similarity)
@@ -233,6 +263,8 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
     stages.run("transfer", transfer)
 
     def interference() -> None:
+        if len(vectors) < 2:  # steering several behaviours at once needs several behaviours
+            return
         result = interference_matrix(
             model, vectors, test, config.focus_layer, config.focus_multiplier, max_rows=config.eval_rows
         )

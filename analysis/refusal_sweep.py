@@ -4,8 +4,8 @@ over recomputing every cell.
 
     python -m analysis.refusal_sweep --out results/refusal_sweep --shared-data ../shared/data
 
-Writes ``vector.safetensors`` (+ .json), ``results.jsonl`` (resumable: rerunning continues a killed
-run), ``summary.csv`` (mean p(matching) per layer x multiplier), ``norms.csv`` (||v_L|| / mean
+Writes ``vector.safetensors`` (+ ``vector.safetensors.json``), ``results.jsonl`` (resumable: rerunning
+continues a killed run), ``summary.csv`` (mean p(matching) per layer x multiplier), ``norms.csv`` (||v_L|| / mean
 ||resid_L||) and, with ``--timing``, ``timing.json``.
 """
 
@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from analysis.pipeline import claim_results_dir
 from caa_lens.data import load_behaviour_dataset
 from caa_lens.evaluation import behaviour_probabilities
 from caa_lens.methods import caa_vector
@@ -133,7 +134,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
+    claim_results_dir(args.out)  # never writes into a directory of someone else's files
     caa = args.shared_data / "caa"
     model = load_model(args.model)
     generate_set = load_behaviour_dataset(caa / "generate" / "refusal" / "generate_dataset.json")

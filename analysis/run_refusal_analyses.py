@@ -20,6 +20,7 @@ import torch
 
 from analysis import interference, letters, norms, pca, plots, reversal, scaling, similarity
 from analysis._scoring import layer_scores, prefix_batches
+from analysis.pipeline import claim_results_dir
 from caa_lens.capability import read_text
 from caa_lens.data import FIBONACCI_SIZES, ContrastiveDataset, load_behaviour_dataset
 from caa_lens.extraction import ContrastiveActivations, PairActivations, extract_contrastive
@@ -52,7 +53,8 @@ def _balanced(dataset: ContrastiveDataset, n: int, seed: int, suffix: str) -> Co
 
 def _extraction(model, data: ContrastiveDataset, cache: Path) -> ContrastiveActivations:
     if cache.exists():
-        saved = torch.load(cache)
+        # The cache holds only tensors, strings and lists: never unpickle code from a file in --out.
+        saved = torch.load(cache, weights_only=True)
         if saved["dataset_hash"] == data.content_hash:
             examples = PairActivations(
                 saved["positive"], saved["negative"], saved["pos_labels"], saved["neg_labels"]
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     stages = set(args.stages.split(","))
     out, figures = args.out, args.out / "figures"
-    out.mkdir(parents=True, exist_ok=True)
+    claim_results_dir(out)  # never writes into a directory of someone else's files
     draw = not args.no_figures
     summary_path = out / "summary.json"
     summary: dict = json.loads(summary_path.read_text()) if summary_path.exists() else {}

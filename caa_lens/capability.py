@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from caa_lens.data import ContrastiveDataset
-from caa_lens.evaluation import behaviour_probabilities
+from caa_lens.evaluation import behaviour_probabilities, check_injection_multipliers
 from caa_lens.prompts import PromptStyle, pad_token_id
 from caa_lens.steering import Injection, steering
 
@@ -47,7 +47,11 @@ def ab_capability(
     style: PromptStyle = "auto",
     progress: bool = True,
 ) -> CapabilityScore:
-    """Accuracy and mean p(correct) of an A/B capability set (MMLU, TruthfulQA) under steering."""
+    """Accuracy and mean p(correct) of an A/B capability set (MMLU, TruthfulQA) under steering.
+
+    Every prompt is checked against the model's context, and the multipliers against overflow, before
+    the first forward pass (``behaviour_probabilities``); errors name the dataset file and item.
+    """
     scores = behaviour_probabilities(model, dataset, injections, batch_size, system, style, progress)
     correct = [s.p_matching > 0.5 for s in scores.items]
     return CapabilityScore(
@@ -146,6 +150,7 @@ def perplexity(
     injections = (injections,) if isinstance(injections, Injection) else tuple(injections)
     if any(i.mode == "last" for i in injections):
         raise ValueError("mode='last' has no meaning for perplexity; use 'all' or 'from_start'")
+    check_injection_multipliers(injections)
     tokenizer = model.tokenizer
     if isinstance(text, str):
         ids = list(tokenizer(text, add_special_tokens=False).input_ids)
@@ -192,4 +197,10 @@ def perplexity(
             bar.update(len(chunk))
     bar.close()
     mean = nll / count
+    if not math.isfinite(mean):
+        raise ValueError(
+            f"the perplexity is not finite (mean NLL {mean}) under steering "
+            f"{[(i.layer, i.multiplier) for i in injections]}: the steered activations overflowed; "
+            f"use a smaller multiplier"
+        )
     return PerplexityResult(math.exp(mean), mean, count, len(windows), context, stride)

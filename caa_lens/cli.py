@@ -1,8 +1,25 @@
-"""Stage commands of the ``caa-lens`` command line (mounted, with the main job, by ``analysis.cli``)."""
+"""Stage commands of the ``caa-lens`` command line (mounted, with the main job, by ``analysis.cli``).
 
+Every command runs in two phases. **Checking**: every argument, input file, vector file, layer and
+output path is validated before a model is loaded or anything is computed; a problem there is a
+``UsageError`` (exit code 2) naming the option or file and what to do. **Running**: the model is
+loaded and the work done; a failure there exits with code 1. Either way the user sees one line
+(``caa-lens: error: ...``); ``--debug`` shows the traceback. Outputs go only to new paths or to files
+caa_lens itself wrote (``caa_lens.outputs``): a command never modifies a file it did not create.
+"""
+
+import json
+import math
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+
+from caa_lens.models import DEFAULT_MODEL
+
+__all__ = ["UsageError", "app", "checking", "parse_layers", "parse_multipliers", "positive"]
 
 app = typer.Typer(
     help="Contrastive activation engineering on TransformerLens: build steering vectors, steer, evaluate.",
@@ -10,14 +27,186 @@ app = typer.Typer(
     add_completion=False,
 )
 
+MODEL_HELP = (
+    "Model: 'smollm2-135m-instruct' (default, offline), 'tiny', a checkpoint dir, a .gguf file or a Hub name."
+)
+SITES = ("resid_pre", "resid_mid", "resid_post")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+class UsageError(ValueError):
+    """A bad argument, input file or output path, found before any work was done (exit code 2)."""
+
+
+@contextmanager
+def checking(what: str = "") -> Iterator[None]:
+    """Turn the validation errors raised inside into ``UsageError`` (prefixed with ``what``)."""
+    try:
+        yield
+    except UsageError:
+        raise
+    except (ValueError, OSError, KeyError, TypeError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
+        raise UsageError(f"{what}: {message}" if what else str(message)) from err
+
+
+def positive(value: int, option: str) -> int:
+    if value < 1:
+        raise UsageError(f"{option} must be a positive integer, got {value}")
+    return value
+
+
+def parse_layers(text: str, option: str = "--layers", allow_all: bool = True) -> list[int] | None:
+    """``"10,14"`` -> ``[10, 14]``; ``"all"`` -> ``None``. Every entry a non-negative integer, no repeats."""
+    if allow_all and text.strip() == "all":
+        return None
+    entries = [entry.strip() for entry in text.split(",")]
+    if not text.strip() or any(not entry for entry in entries):
+        raise UsageError(f"{option} {text!r} has an empty entry; write layer indices like 10,14")
+    layers = []
+    for entry in entries:
+        if not _INTEGER.fullmatch(entry):
+            raise UsageError(f"{option} {text!r}: {entry!r} is not a layer index (a whole number)")
+        if int(entry) < 0:
+            raise UsageError(f"{option} {text!r}: layer {entry} is negative; layers count from 0")
+        layers.append(int(entry))
+    if len(set(layers)) != len(layers):
+        raise UsageError(f"{option} {text!r} repeats a layer")
+    return layers
+
+
+def parse_multipliers(text: str, option: str = "--multipliers") -> list[float]:
+    """``"-2,0,2"`` -> ``[-2.0, 0.0, 2.0]``: non-empty, every entry a finite number, no repeats."""
+    entries = [entry.strip() for entry in text.split(",")]
+    if not text.strip():
+        raise UsageError(f"{option} is empty; give at least one multiplier, e.g. {option}=-4,0,4")
+    if any(not entry for entry in entries):
+        raise UsageError(f"{option} {text!r} has an empty entry; write multipliers like -4,0,4")
+    values = []
+    for entry in entries:
+        try:
+            value = float(entry)
+        except ValueError:
+            raise UsageError(f"{option} {text!r}: {entry!r} is not a number") from None
+        if not math.isfinite(value):
+            raise UsageError(f"{option} {text!r}: {entry!r} is not a finite number")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise UsageError(f"{option} {text!r} repeats a multiplier")
+    return values
+
+
+def _finite(value: float, option: str) -> float:
+    if not math.isfinite(value):
+        raise UsageError(f"{option} must be a finite number, got {value}")
+    return value
+
+
+def _existing_file(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise UsageError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise UsageError(f"{what} {path} is not a file")
+    return path
+
+
+def _layer_count(model: str) -> int | None:
+    """The model's layer count read from its config without loading weights, when that is cheap."""
+    from caa_lens.models import TINY_MODEL, cache_dir
+
+    if model == TINY_MODEL:
+        return 4  # caa_lens.tiny's default shape
+    # The default model's checkpoint, once built, is an ordinary HF directory in the cache.
+    directory = cache_dir() / "checkpoints" / DEFAULT_MODEL if model == DEFAULT_MODEL else Path(model)
+    config = directory / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        record = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    for key in ("num_hidden_layers", "n_layer", "num_layers"):
+        if isinstance(record.get(key), int):
+            return int(record[key])
+    return None
+
+
+def _check_layers_fit(layers: Sequence[int] | None, n_layers: int | None, option: str) -> None:
+    if layers is None or n_layers is None:
+        return
+    outside = [layer for layer in layers if layer >= n_layers]
+    if outside:
+        raise UsageError(f"{option}: layers {outside} do not exist; the model has layers 0..{n_layers - 1}")
+
+
+def _check_model(model: str) -> int | None:
+    from caa_lens.models import ModelFetchError, check_model_spec
+
+    try:
+        check_model_spec(model)
+    except (ModelFetchError, ValueError, OSError) as err:  # a missing model is the user's input to fix
+        raise UsageError(f"--model: {err}") from err
+    return _layer_count(model)
+
+
+def _load(model: str):
+    from caa_lens.models import load_model
+
+    return load_model(model)
+
+
+def _dataset(spec: str, limit: int = 0):
+    from caa_lens.data import resolve_dataset
+
+    if limit < 0:
+        raise UsageError(f"--limit must be >= 0 (0: all items), got {limit}")
+    with checking():
+        data = resolve_dataset(spec)
+    if limit:
+        data = data.select(range(min(limit, len(data))), f":first{limit}")
+    return data
+
+
+def _vector_files(paths: Sequence[Path], layers: Sequence[int] | None) -> dict:
+    """Load and verify saved vectors (integrity only; the model check follows the model's load)."""
+    from caa_lens.vectors import load_vector
+
+    named = {}
+    for path in paths:
+        _existing_file(path, "vector file")
+        with checking(str(path)):
+            vector = load_vector(path)
+        if path.stem in named:
+            raise UsageError(f"two vector files are named {path.stem!r}; the vector column must be unique")
+        missing = [layer for layer in layers or () if layer not in vector.layers]
+        if missing:
+            raise UsageError(
+                f"{path} has no direction for layers {missing}; it has layers {list(vector.layers)}"
+            )
+        named[path.stem] = vector
+    return named
+
+
+def _for_model(named: dict, paths: Sequence[Path], bridge) -> dict:
+    """Reload each vector against the loaded model: refuses one made on another model or weights."""
+    from caa_lens.vectors import load_vector
+
+    checked = {}
+    for path in paths:
+        with checking(str(path)):
+            checked[path.stem] = load_vector(path, bridge)
+    return checked
+
 
 @app.command()
 def vectors(
     dataset: str = typer.Argument(
         ..., help="CAA JSON / MWE JSONL path, or a bundled name (optimism[:test])."
     ),
-    out: Path = typer.Option(..., help="Output .safetensors path (a .json sidecar is written beside it)."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model name, checkpoint dir or .gguf file."),
+    out: Path = typer.Option(
+        ..., help="Output .safetensors path (a readable copy of its metadata goes to OUT.json)."
+    ),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     layers: str = typer.Option("all", help="Comma-separated layer indices, or 'all'."),
     site: str = typer.Option("resid_post", help="resid_pre, resid_mid or resid_post."),
     position: str = typer.Option(
@@ -25,34 +214,29 @@ def vectors(
     ),
     batch_size: int = typer.Option(16, help="Pairs per forward batch."),
     limit: int = typer.Option(0, help="Use only the first N pairs (0: all)."),
+    sidecar: bool = typer.Option(True, help="Also write OUT.json, a human-readable copy of the metadata."),
 ) -> None:
     """Build mean-difference steering vectors from a contrastive dataset and save them with provenance."""
-    from caa_lens.data import resolve_dataset
     from caa_lens.methods import caa_vector
-    from caa_lens.models import load_model
-    from caa_lens.vectors import save_vector
+    from caa_lens.vectors import check_vector_output, save_vector
 
-    data = resolve_dataset(dataset)
-    if limit:
-        data = data.select(range(min(limit, len(data))), f":first{limit}")
-    bridge = load_model(model)
-    chosen = None if layers == "all" else [int(x) for x in layers.split(",")]
+    chosen = parse_layers(layers)
+    if site not in SITES:
+        raise UsageError(f"--site must be one of {', '.join(SITES)}, got {site!r}")
+    if position not in ("answer", "last"):
+        raise UsageError(f"--position must be 'answer' or 'last', got {position!r}")
+    positive(batch_size, "--batch-size")
+    data = _dataset(dataset, limit)
+    with checking("--out"):
+        out = check_vector_output(out, sidecar=sidecar)
+    _check_layers_fit(chosen, _check_model(model), "--layers")
+
+    bridge = _load(model)
+    with checking("--layers"):
+        _check_layers_fit(chosen, bridge.cfg.n_layers, "--layers")
     vector = caa_vector(bridge, data, chosen, site, position, batch_size)  # type: ignore[arg-type]
-    path = save_vector(vector, out)
+    path = save_vector(vector, out, sidecar=sidecar)
     typer.echo(f"wrote {path} ({len(vector.layers)} layers, {vector.provenance.n_pairs} pairs)")
-
-
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _vectors(paths: list[Path], bridge) -> dict:
-    from caa_lens.vectors import load_vector
-
-    named = {path.stem: load_vector(path, bridge) for path in paths}
-    if len(named) != len(paths):
-        raise typer.BadParameter("two vector files share a file name (the vector column must be unique)")
-    return named
 
 
 sweep_app = typer.Typer(help="Layer x multiplier sweeps of behaviour probability (resumable, shardable).")
@@ -67,26 +251,36 @@ def sweep_run(
     layers: str = typer.Option(..., help="Comma-separated layers to steer."),
     multipliers: str = typer.Option("-2,-1,0,1,2", help="Comma-separated multipliers."),
     shard: str = typer.Option("", help="i/n: this job's share of the work (default: SLURM array, else 0/1)."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model name, checkpoint dir or .gguf file."),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     batch_size: int = typer.Option(8, help="Questions per prefix pass."),
     limit: int = typer.Option(0, help="Use only the first N items (0: all)."),
 ) -> None:
     """Sweep layers x multipliers x vectors, appending rows to OUT as they are computed."""
-    from caa_lens.data import resolve_dataset
-    from caa_lens.models import load_model
-    from caa_lens.sweep import default_shard, parse_shard, run_sweep
+    from caa_lens.sweep import check_multipliers, check_sweep_output, default_shard, parse_shard, run_sweep
 
-    data = resolve_dataset(dataset)
-    if limit:
-        data = data.select(range(min(limit, len(data))), f":first{limit}")
-    bridge = load_model(model)
-    chosen_shard = parse_shard(shard) if shard else default_shard()
+    chosen = parse_layers(layers, allow_all=False)
+    assert chosen is not None
+    values = parse_multipliers(multipliers)
+    positive(batch_size, "--batch-size")
+    with checking("--shard"):
+        chosen_shard = parse_shard(shard) if shard else default_shard()
+    data = _dataset(dataset, limit)
+    named = _vector_files(vector, chosen)
+    with checking("--multipliers"):
+        check_multipliers(values, list(named.values()))
+    with checking("--out"):
+        check_sweep_output(out)
+    _check_layers_fit(chosen, _check_model(model), "--layers")
+
+    bridge = _load(model)
+    with checking("--layers"):
+        _check_layers_fit(chosen, bridge.cfg.n_layers, "--layers")
     run = run_sweep(
         bridge,
         data,
-        _vectors(vector, bridge),
-        [int(x) for x in layers.split(",")],
-        _floats(multipliers),
+        _for_model(named, vector, bridge),
+        chosen,
+        values,
         out,
         shard=chosen_shard,
         batch_size=batch_size,
@@ -104,9 +298,16 @@ def sweep_merge(
     allow_incomplete: bool = typer.Option(False, help="Merge even if some cells are missing."),
 ) -> None:
     """Join the shard files of one sweep, refusing conflicts, duplicates and (by default) gaps."""
-    from caa_lens.sweep import merge_results
+    from caa_lens.sweep import check_sweep_output, merge_results
 
-    frame = merge_results(shards, out, allow_incomplete)
+    for path in shards:
+        _existing_file(path, "shard file")
+    if any(path.resolve() == out.resolve() for path in shards):
+        raise UsageError(f"--out {out} is one of the shard files; write the merged table to a new file")
+    with checking("--out"):
+        check_sweep_output(out)
+    with checking():
+        frame = merge_results(shards, out, allow_incomplete)
     typer.echo(f"wrote {out} ({len(frame)} rows from {len(shards)} files)")
 
 
@@ -116,11 +317,18 @@ def sweep_summary(
     csv: Path | None = typer.Option(None, help="Also write the summary as CSV."),
 ) -> None:
     """Mean behaviour probability per vector x layer x multiplier."""
-    from caa_lens.sweep import load_results, summarize
+    from caa_lens.files import atomic_write_bytes
+    from caa_lens.outputs import check_output_file
+    from caa_lens.sweep import is_summary_csv, load_results, summarize
 
-    summary = summarize(load_results(results))
+    _existing_file(results, "results file")
     if csv is not None:
-        summary.to_csv(csv, index=False)
+        with checking("--csv"):
+            check_output_file(csv, "sweep summary CSV", is_summary_csv)
+    with checking():
+        summary = summarize(load_results(results))
+    if csv is not None:
+        atomic_write_bytes(csv, summary.to_csv(index=False).encode())
     typer.echo(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
 
 
@@ -131,30 +339,53 @@ def evaluate(
     vector: Path | None = typer.Option(None, help="Saved vector to steer with (optional)."),
     layer: int = typer.Option(0, help="Layer to steer."),
     multiplier: float = typer.Option(0.0, help="Steering multiplier."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model name, checkpoint dir or .gguf file."),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     max_tokens: int = typer.Option(20000, help="Perplexity: score at most this many tokens (0: all)."),
     batch_size: int = typer.Option(16, help="Items per forward pass."),
 ) -> None:
     """Behaviour probability / accuracy of a dataset, or perplexity of a text, optionally steered."""
     from caa_lens.capability import ab_capability, perplexity, read_text
-    from caa_lens.data import resolve_dataset
-    from caa_lens.models import load_model
     from caa_lens.steering import Injection
+    from caa_lens.sweep import check_multipliers
 
     if bool(dataset) == (text is not None):
-        raise typer.BadParameter("give a DATASET or --text, not both")
-    bridge = load_model(model)
+        raise UsageError("give a DATASET or --text, not both (and not neither)")
+    if layer < 0:
+        raise UsageError(f"--layer must be >= 0, got {layer}")
+    if max_tokens < 0:
+        raise UsageError(f"--max-tokens must be >= 0 (0: all), got {max_tokens}")
+    positive(batch_size, "--batch-size")
+    _finite(multiplier, "--multiplier")
+    data = _dataset(dataset) if dataset else None
+    if text is not None:
+        _existing_file(text, "text file")
+        with checking():
+            content = read_text(text)
+        if not content.strip():
+            raise UsageError(f"text file {text} is empty")
+    named = _vector_files([vector], [layer]) if vector is not None else {}
+    if named:
+        with checking("--multiplier"):
+            check_multipliers([multiplier], list(named.values()))
+    _check_layers_fit([layer], _check_model(model), "--layer")
+
+    bridge = _load(model)
+    with checking("--layer"):
+        _check_layers_fit([layer], bridge.cfg.n_layers, "--layer")
     injections = []
     if vector is not None:
         mode = "all" if text is not None else "from_start"
-        injections.append(Injection(_vectors([vector], bridge)[vector.stem], layer, multiplier, mode))
+        injections.append(
+            Injection(_for_model(named, [vector], bridge)[vector.stem], layer, multiplier, mode)
+        )
     if text is not None:
-        result = perplexity(bridge, read_text(text), injections, max_tokens=max_tokens or None)
+        result = perplexity(bridge, content, injections, max_tokens=max_tokens or None)
         typer.echo(
             f"perplexity {result.perplexity:.3f} over {result.n_tokens} tokens ({result.n_windows} windows)"
         )
         return
-    score = ab_capability(bridge, resolve_dataset(dataset), injections, batch_size)
+    assert data is not None
+    score = ab_capability(bridge, data, injections, batch_size)
     typer.echo(
         f"{score.dataset}: mean p(matching) {score.mean_p_correct:.4f}, accuracy (p > 0.5) "
         f"{score.accuracy:.4f}, mass on the offered answers {score.mean_p_letters_sum:.4f} ({score.n_items} items)"
@@ -169,30 +400,50 @@ def generate_command(
     layer: int = typer.Option(0, help="Layer to steer."),
     multipliers: str = typer.Option("0", help="Comma-separated multipliers."),
     judge: str = typer.Option("", help="Behaviour description: score with the model itself as judge."),
-    model: str = typer.Option("smollm2-135m-instruct", help="Model name, checkpoint dir or .gguf file."),
+    model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     max_new_tokens: int = typer.Option(64, help="Tokens to generate per completion."),
     batch_size: int = typer.Option(8, help="Completions per batch."),
 ) -> None:
     """Steered open-ended completions of a prompt file, optionally rated by a model judge."""
-    from caa_lens.models import load_model
-    from caa_lens.ood import ModelJudgeScorer, load_ood_prompts, run_ood
-    from caa_lens.sweep_io import atomic_write_lines
+    from caa_lens.ood import (
+        ModelJudgeScorer,
+        check_generations_output,
+        load_ood_prompts,
+        run_ood,
+        write_generations,
+    )
+    from caa_lens.sweep import check_multipliers
 
-    bridge = load_model(model)
-    steer = _vectors([vector], bridge)[vector.stem] if vector is not None else None
+    values = parse_multipliers(multipliers)
+    if layer < 0:
+        raise UsageError(f"--layer must be >= 0, got {layer}")
+    positive(max_new_tokens, "--max-new-tokens")
+    positive(batch_size, "--batch-size")
+    if vector is None and any(m != 0 for m in values):
+        raise UsageError("--multipliers other than 0 need a --vector to steer with")
+    _existing_file(prompts, "prompt file")
+    with checking():
+        items = load_ood_prompts(prompts)
+    named = _vector_files([vector], [layer]) if vector is not None else {}
+    with checking("--multipliers"):
+        check_multipliers(values, list(named.values()) or None)
+    with checking("--out"):
+        check_generations_output(out)
+    _check_layers_fit([layer], _check_model(model), "--layer")
+
+    bridge = _load(model)
+    with checking("--layer"):
+        _check_layers_fit([layer], bridge.cfg.n_layers, "--layer")
+    steer = _for_model(named, [vector], bridge)[vector.stem] if vector is not None else None
     frame = run_ood(
         bridge,
-        load_ood_prompts(prompts),
+        items,
         steer,
         layer if steer is not None else None,
-        _floats(multipliers),
+        values,
         ModelJudgeScorer(bridge, judge) if judge else None,
         max_new_tokens,
         batch_size,
     )
-    atomic_write_lines(out, frame.to_dict("records"))
+    write_generations(frame, out)
     typer.echo(f"wrote {out} ({len(frame)} completions)")
-
-
-if __name__ == "__main__":
-    app()

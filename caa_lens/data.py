@@ -9,6 +9,7 @@ import json
 import random
 import re
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from importlib import resources
@@ -20,6 +21,11 @@ FIBONACCI_SIZES: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
 BUNDLED_BEHAVIOURS: tuple[str, ...] = ("optimism", "formality", "sycophancy")
 _LETTER_ANSWER = re.compile(r"^\(([A-Z])\)$")
 _OFFERED_LETTER = re.compile(r"^[ \t]*\(([A-Z])\)", re.MULTILINE)
+# "Do you prefer (A) tea or (B) coffee?": options on one line; not "f(X)", where a word precedes.
+_INLINE_LETTER = re.compile(r"(?<!\w)\(([A-Z])\)")
+# Files that list the choices outside the question (no lettered option in it) may answer with these.
+_DEFAULT_OPTIONS: tuple[str, ...] = ("(A)", "(B)")
+_KIND_NAMES: dict[str, str] = {"ab": "A/B", "yes_no": "Yes/No"}
 
 
 class DatasetError(ValueError):
@@ -93,6 +99,15 @@ class PromptPair:
     positive: str
     negative: str
 
+    def __post_init__(self) -> None:
+        # Both prompts would give the same activations, so the vector would be all zeros and every
+        # steering run with it a silent no-op.
+        if self.positive == self.negative:
+            raise DatasetError(
+                f"prompt pair {self.name!r}: positive and negative are the same text "
+                f"{self.positive!r}, so their difference is an all-zero vector; give two different prompts"
+            )
+
 
 def answer_label(answer: str) -> str:
     """The part of an answer the model is scored on: the letter of ``(A)``, else the stripped answer."""
@@ -129,19 +144,38 @@ def make_item(question: str, matching: str, not_matching: str, where: str = "ite
             f"{where}: answers {matching!r} and {not_matching!r} mix letter and free-text forms"
         )
     if ab[0]:
-        offered = tuple(dict.fromkeys(f"({letter})" for letter in _OFFERED_LETTER.findall(question)))
-        if not offered:
-            offered = tuple(sorted((matching, not_matching)))
+        offered = _offered_options(question)
+        allowed = offered or _DEFAULT_OPTIONS
         for key, answer in (
             ("answer_matching_behavior", matching),
             ("answer_not_matching_behavior", not_matching),
         ):
-            if answer not in offered:
-                raise DatasetError(
-                    f"{where}: field {key!r} is {answer!r}, not among the offered options {offered}"
+            if answer not in allowed:
+                where_offered = (
+                    f"the question offers {offered}"
+                    if offered
+                    else f"the question offers no lettered options, so only {_DEFAULT_OPTIONS} are accepted"
                 )
-        return ContrastiveItem(question, matching, not_matching, offered, "ab")
+                raise DatasetError(
+                    f"{where}: field {key!r} is {answer!r}, not an offered option ({where_offered}); "
+                    "use one of those letters or list the option in the question"
+                )
+        return ContrastiveItem(question, matching, not_matching, allowed, "ab")
     return ContrastiveItem(question, matching, not_matching, (matching, not_matching), "yes_no")
+
+
+def _offered_options(question: str) -> tuple[str, ...]:
+    """The lettered options a question offers, in order: ``("(A)", "(B)")``; ``()`` if it offers none.
+
+    Options at the start of a line (the CAA ``Choices:`` block) win; only a question without any
+    falls back to inline options such as ``Do you prefer (A) tea or (B) coffee?``, so a stray
+    ``(P)`` in a CAA question's text never becomes an option.
+
+    >>> _offered_options("Do you prefer (A) tea or (B) coffee?")
+    ('(A)', '(B)')
+    """
+    letters = _OFFERED_LETTER.findall(question) or _INLINE_LETTER.findall(question)
+    return tuple(dict.fromkeys(f"({letter})" for letter in letters))
 
 
 def _warn_duplicates(items: Sequence[ContrastiveItem], source: str) -> None:
@@ -152,6 +186,21 @@ def _warn_duplicates(items: Sequence[ContrastiveItem], source: str) -> None:
                 f"{source}: item {index} repeats the question of item {seen[item.question]}", stacklevel=3
             )
         seen.setdefault(item.question, index)
+
+
+def _refuse_mixed_kinds(items: Sequence[ContrastiveItem], path: Path) -> None:
+    # One file is one behaviour measured one way: A/B and Yes/No items are scored on different answer
+    # tokens, so a mean over both would average two different quantities.
+    counts = Counter(item.kind for item in items)
+    if len(counts) < 2:
+        return
+    majority = items[0].kind if counts["ab"] == counts["yes_no"] else counts.most_common(1)[0][0]
+    index, odd = next((i, item) for i, item in enumerate(items) if item.kind != majority)
+    raise DatasetError(
+        f"{path}: item {index}: answers {odd.matching!r}/{odd.not_matching!r} make it a "
+        f"{_KIND_NAMES[odd.kind]} item in a file of {counts['ab']} A/B and {counts['yes_no']} Yes/No "
+        f"items (the first {_KIND_NAMES[odd.kind]} one is item {index}); put the two kinds in separate files"
+    )
 
 
 def _read_text(path: Path) -> str:
@@ -191,7 +240,8 @@ def load_behaviour_dataset(path: str | Path, name: str | None = None) -> Contras
 
     Items need ``question``, ``answer_matching_behavior`` and ``answer_not_matching_behavior``; the
     MMLU/TruthfulQA A/B files' ``prompt``/``correct``/``incorrect`` are accepted too (``correct`` is
-    the "matching" answer).
+    the "matching" answer). A letter answer must be an option the question offers; a file must hold
+    one kind of item, A/B or Yes/No, not both.
     """
     path = Path(path)
     if not path.exists():
@@ -208,6 +258,7 @@ def load_behaviour_dataset(path: str | Path, name: str | None = None) -> Contras
         items.append(make_item(question, matching, not_matching, where))
     if not items:
         raise DatasetError(f"{path}: the dataset is empty")
+    _refuse_mixed_kinds(items, path)
     _warn_duplicates(items, str(path))
     default_name = (
         path.parent.name
@@ -223,7 +274,13 @@ def load_prompt_pairs(path: str | Path) -> tuple[PromptPair, ...]:
     pairs = []
     for index, record in enumerate(_records_from_json(path)):
         where = f"{path}: item {index}"
-        pairs.append(PromptPair(*(_field(record, key, where) for key in ("name", "positive", "negative"))))
+        name, positive, negative = (_field(record, key, where) for key in ("name", "positive", "negative"))
+        if positive == negative:
+            raise DatasetError(
+                f"{where}: fields 'positive' and 'negative' are both {positive!r}; identical prompts give "
+                "an all-zero steering vector, so give two different prompts"
+            )
+        pairs.append(PromptPair(name, positive, negative))
     if not pairs:
         raise DatasetError(f"{path}: no prompt pairs")
     first: dict[str, int] = {}

@@ -15,7 +15,8 @@ few suffix tokens, with every (vector, multiplier) cell as a batch row on a copy
 import copy
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Literal
@@ -27,11 +28,95 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from caa_lens.data import ContrastiveDataset, ContrastiveItem
-from caa_lens.prompts import FormattedPrompt, PromptStyle, format_prompt, left_pad, pad_token_id
+from caa_lens.prompts import FormattedPrompt, PromptStyle, check_fits, format_prompt, left_pad, pad_token_id
 from caa_lens.steering import MODES, Injection, steer_start_columns, steering
 from caa_lens.vectors import SteeringVector
 
 SplitRule = Literal["from_start", "last"]
+FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
+def _largest_norm(
+    vectors: SteeringVector | Mapping[str, SteeringVector] | Sequence[SteeringVector] | None,
+) -> tuple[float, str]:
+    """The largest norm of any direction (any layer, any ActAdd position) and where it is."""
+    if vectors is None:
+        return 0.0, ""
+    if isinstance(vectors, SteeringVector):
+        named: dict[str, SteeringVector] = {"the vector": vectors}
+    elif isinstance(vectors, Mapping):
+        named = {f"vector {name!r}": v for name, v in vectors.items()}
+    else:
+        named = {f"vector {i}": v for i, v in enumerate(vectors)}
+    best, where = 0.0, ""
+    for name, vector in named.items():
+        norms = vector.directions.double().norm(dim=-1).reshape(len(vector.layers), -1).amax(dim=1)
+        at = int(norms.argmax())
+        if float(norms[at]) > best:
+            best, where = float(norms[at]), f"{name} at layer {vector.layers[at]}"
+    return best, where
+
+
+def check_multipliers(
+    values: Iterable[float | int],
+    vectors: SteeringVector | Mapping[str, SteeringVector] | Sequence[SteeringVector] | None = None,
+    distinct: bool = True,
+) -> tuple[float, ...]:
+    """Steering multipliers that cannot overflow: non-empty, finite, distinct, ``|m| * norm`` in float32.
+
+    A multiplier such as ``1e38`` is a finite float, but ``m * v`` overflows float32 in the residual
+    stream, and every score it yields is NaN: a table of NaN rows, not an error. Checking here, before a
+    model runs or a file is written, turns that into a message. (A product that fits can still
+    overflow inside the model, e.g. in a norm's sum of squares; scorers check their outputs too.)
+
+    Args:
+        values: the multipliers.
+        vectors: the vectors they scale (one, several by name, or a list); ``None`` checks the values
+            alone (finite and within float32).
+        distinct: refuse repeated values (a sweep's multipliers are a set; per-row multipliers of a
+            batch may repeat).
+
+    Returns:
+        The multipliers as floats, in the order given.
+
+    >>> check_multipliers([-2, 0, 2.5])
+    (-2.0, 0.0, 2.5)
+    """
+    try:
+        floats = tuple(float(m) for m in values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"multipliers must be numbers, got {values!r}") from err
+    if not floats:
+        raise ValueError("no multipliers given; give at least one (0 is the unsteered baseline)")
+    bad = [m for m in floats if not math.isfinite(m)]
+    if bad:
+        raise ValueError(f"multipliers must be finite numbers, got {bad}")
+    if distinct and len(set(floats)) != len(floats):
+        repeated = sorted({m for m in floats if floats.count(m) > 1})
+        raise ValueError(f"multipliers must be distinct; {repeated} appear more than once in {list(floats)}")
+    huge = [m for m in floats if abs(m) > FLOAT32_MAX]
+    if huge:
+        raise ValueError(
+            f"multiplier(s) {huge} exceed the largest float32 ({FLOAT32_MAX:.4g}); steering computes in "
+            f"float32 or less, so they would become infinite. Use a smaller multiplier"
+        )
+    norm, where = _largest_norm(vectors)
+    over = [m for m in floats if abs(m) * norm > FLOAT32_MAX]
+    if over:
+        raise ValueError(
+            f"multiplier(s) {over} times the norm {norm:.4g} of {where} exceed the largest float32 "
+            f"({FLOAT32_MAX:.4g}): the steered activations would be infinite and every score NaN. "
+            f"Use |multiplier| < {FLOAT32_MAX / norm:.4g}"
+        )
+    return floats
+
+
+def check_injection_multipliers(injections: Sequence[Injection]) -> None:
+    """``check_multipliers`` on each injection's multiplier(s) against its own vector (repeats allowed)."""
+    for injection in injections:
+        multiplier = injection.multiplier
+        values = multiplier.tolist() if isinstance(multiplier, Tensor) else [multiplier]
+        check_multipliers(values, injection.vector, distinct=False)
 
 
 @dataclass(frozen=True)
@@ -85,15 +170,22 @@ def scoring_prompt(
     system: str | None = None,
     style: PromptStyle = "auto",
     where: str = "item",
+    model=None,
 ) -> ScoringPrompt:
     """The scoring prompt of an item and the token id of each offered answer, found in context.
 
-    Raises ValueError (prefixed with ``where``) if an answer does not tokenise as the scoring prompt
-    followed by a token that starts with the answer's letter or word.
+    Args:
+        model: when given, a prompt longer than its context is refused (``prompts.check_fits``) before
+            the answers are tokenised and before anything runs.
+
+    Raises ValueError (prefixed with ``where``) if the prompt does not fit the model, or an answer does
+    not tokenise as the scoring prompt followed by a token that starts with the answer's letter or word.
     """
     ab = item.kind == "ab"
     base = format_prompt(tokenizer, item.question, "(" if ab else "", system, style)
     n = len(base)
+    if model is not None:
+        check_fits(model, n, where)
     ids = []
     for label in item.labels:
         answer = f"({label})" if ab else label
@@ -110,12 +202,39 @@ def scoring_prompt(
 
 
 def scoring_prompts(
-    tokenizer, dataset: ContrastiveDataset, system: str | None = None, style: PromptStyle = "auto"
+    tokenizer,
+    dataset: ContrastiveDataset,
+    system: str | None = None,
+    style: PromptStyle = "auto",
+    model=None,
 ) -> list[ScoringPrompt]:
+    """Every item's scoring prompt; with ``model``, each is checked to fit its context (errors name
+    the dataset file and item)."""
     where = dataset.source or dataset.name
     return [
-        scoring_prompt(tokenizer, item, system, style, f"{where}: item {i}") for i, item in enumerate(dataset)
+        scoring_prompt(tokenizer, item, system, style, f"{where}: item {i}", model)
+        for i, item in enumerate(dataset)
     ]
+
+
+def _describe(injections: Sequence[Injection]) -> str:
+    if not injections:
+        return "unsteered"
+    return ", ".join(f"layer {i.layer} x {float(i.multiplier):g}" for i in injections)  # type: ignore[arg-type]
+
+
+def check_scores_finite(scores: Tensor, where: Sequence[str]) -> None:
+    """Raise, naming the first offending row, if a score is NaN or infinite (``where[r]`` names row r).
+
+    Steering that overflows inside the model (a norm's sum of squares, say) yields NaN probabilities;
+    they must stop the run, not become a number in a table or a mean.
+    """
+    bad = (~torch.isfinite(scores.reshape(len(where), -1))).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        raise ValueError(
+            f"{where[bad[0]]}: the behaviour probability is not finite ({len(bad)} of {len(where)} rows); "
+            f"the steered activations overflowed. Use a smaller multiplier"
+        )
 
 
 def label_scores(
@@ -172,7 +291,9 @@ def behaviour_probabilities(
         raise ValueError("behaviour_probabilities takes float multipliers; use run_sweep for per-row ones")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    prompts = scoring_prompts(model.tokenizer, dataset, system, style)
+    check_injection_multipliers(injections)
+    # Every prompt is checked against the context before the first forward pass.
+    prompts = scoring_prompts(model.tokenizer, dataset, system, style, model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt))  # less padding
     results = torch.empty((len(prompts), 2), dtype=torch.float64)
     device = model.cfg.device
@@ -187,6 +308,10 @@ def behaviour_probabilities(
             results[chosen] = label_scores(logits[:, -1], [prompts[i] for i in chosen])
             bar.update(len(chosen))
     bar.close()
+    source = dataset.source or dataset.name
+    check_scores_finite(
+        results, [f"{source}: item {i} ({_describe(injections)})" for i in range(len(prompts))]
+    )
     scores = tuple(
         ItemScore(i, item_hash(item), p.labels[p.matching], float(r[0]), float(r[1]))
         for i, (item, p, r) in enumerate(zip(dataset, prompts, results, strict=True))

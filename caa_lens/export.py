@@ -55,6 +55,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from caa_lens.outputs import check_output_file
 from caa_lens.vectors import SteeringVector
 
 ARCHITECTURE = "controlvector"
@@ -150,7 +151,8 @@ def export_control_vector_gguf(
             f"direction.{i}": f"{site}[{layer}]" for i, layer in zip(indices, vector.layers, strict=True)
         },
     }
-    path = Path(path)
+    # Replace only a control vector caa_lens exported, never another file at that path.
+    path = check_output_file(path, "llama.cpp control vector", is_control_vector_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     # GGUFWriter opens the file itself (normal permissions); a unique hidden name makes the write atomic.
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -170,6 +172,17 @@ def export_control_vector_gguf(
         temporary.unlink(missing_ok=True)
         raise
     return path
+
+
+def is_control_vector_file(path: str | Path) -> bool:
+    """True for a GGUF control-vector file that caa_lens exported (it carries caa_lens's provenance)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(Path(path))
+    except (OSError, ValueError, IndexError, KeyError, TypeError, OverflowError):
+        return False
+    return KEY_PROVENANCE in reader.fields
 
 
 def _reader(path: Path):

@@ -7,8 +7,9 @@ running sums, so memory does not grow with the number of pairs; per-example acti
 only when asked for.
 """
 
+import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -59,10 +60,25 @@ class ContrastiveActivations:
     positive_sum: Float[Tensor, "layer d_model"]
     negative_sum: Float[Tensor, "layer d_model"]
     examples: PairActivations | None
+    # The settings that changed the values (batch size, system prompt, prompt style), recorded in the
+    # provenance of the vectors built from these activations.
+    settings: dict[str, object] = field(default_factory=dict)
 
     @property
     def mean_difference(self) -> Float[Tensor, "layer d_model"]:
         return (self.positive_sum - self.negative_sum) / self.n_pairs
+
+
+def check_batch_size(batch_size: object) -> int:
+    """``batch_size`` as an int if it is a positive integer, else a ValueError saying what is expected.
+
+    A batch size of 0 or less used to process no pair at all and save an all-zero vector.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(
+            f"batch_size must be a positive integer (pairs per forward pass), got {batch_size!r}"
+        )
+    return int(batch_size)
 
 
 def rule_name(rule: PositionRule) -> str:
@@ -217,7 +233,14 @@ def extract_contrastive(
         checkpoint: a file where progress is saved after every batch. If the run is killed, the same
             call continues from it (losing at most the batch in flight) and returns exactly what an
             uninterrupted run returns. The file is removed when the extraction completes.
+
+    Raises:
+        ValueError: ``batch_size`` is not a positive integer, or another argument is invalid; checked
+            before any forward pass.
     """
+    batch_size = check_batch_size(batch_size)
+    if not isinstance(example_dtype, torch.dtype) or not example_dtype.is_floating_point:
+        raise ValueError(f"example_dtype must be a floating torch dtype, got {example_dtype!r}")
     chosen = check_layers(model, layers)
     check_site(site)
     names = [hook_name(model, layer, site) for layer in chosen]
@@ -232,8 +255,11 @@ def extract_contrastive(
     # Sorting by prefix length cuts padding; sums are order-independent up to float64 rounding.
     order = sorted(plans, key=lambda p: len(p.prefix))
     d_model = int(model.cfg.d_model)
+    identity = model_identity(model)
     settings = {
-        "model": model_identity(model).config_hash,
+        "model": identity.config_hash,
+        # Two same-shaped models with other weights must not continue each other's checkpoint.
+        "weights": identity.weights_hash,
         "dataset": dataset.content_hash,
         "layers": chosen,
         "site": site,
@@ -252,11 +278,13 @@ def extract_contrastive(
         kept = list(zip(state.kept_indices, state.kept.unbind(0), strict=True))
     done = state.batches_done if state else 0
     starts = list(range(0, len(order), batch_size))
+    processed = sum(len(order[start : start + batch_size]) for start in starts[:done])
     bar = tqdm(total=len(order), desc=f"extract {dataset.name}", unit="pair", disable=not progress)
-    bar.update(min(done * batch_size, len(order)))
+    bar.update(processed)
     with torch.inference_mode():
         for batch_number, start in enumerate(starts[done:], start=done):
             batch = order[start : start + batch_size]
+            processed += len(batch)
             acts = _run_batch(model, batch, names, stop, pad).to(torch.float64).cpu()
             sums[0] += acts[0::2].sum(0)
             sums[1] += acts[1::2].sum(0)
@@ -270,6 +298,11 @@ def extract_contrastive(
                 save_state(Path(checkpoint), key, settings, progress_state)
             bar.update(len(batch))
     bar.close()
+    if processed != len(dataset):  # a mean over fewer pairs than n_pairs says would be silently wrong
+        raise RuntimeError(
+            f"extraction of {dataset.name!r} processed {processed} of its {len(dataset)} pairs "
+            f"(batch_size={batch_size}, {done} batches restored from {checkpoint}); delete the checkpoint and rerun"
+        )
     examples = None
     if keep_examples:
         stacked = torch.stack([a for _, a in sorted(kept, key=lambda t: t[0])])
@@ -290,6 +323,7 @@ def extract_contrastive(
         sums[0].float(),
         sums[1].float(),
         examples,
+        {"batch_size": batch_size, "system": system, "style": style},
     )
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)

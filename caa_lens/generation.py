@@ -17,6 +17,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from caa_lens.evaluation import check_injection_multipliers
 from caa_lens.prompts import FormattedPrompt, check_fits, format_prompt, left_pad, pad_token_id
 from caa_lens.steering import MODES, Injection, steer_start_columns, steering
 
@@ -71,6 +72,7 @@ def _check_arguments(max_new_tokens: int, temperature: float, top_p: float | Non
 
 
 def _check_injections(injections: tuple[Injection, ...], prompts: list[FormattedPrompt]) -> None:
+    check_injection_multipliers(injections)  # an overflowing multiplier decodes garbage from NaN logits
     for injection in injections:
         multiplier = injection.multiplier
         if isinstance(multiplier, Tensor) and multiplier.shape[0] != len(prompts):
@@ -122,10 +124,11 @@ def generate(
 
     _check_arguments(max_new_tokens, temperature, top_p)
     formatted = [p if isinstance(p, FormattedPrompt) else format_prompt(model.tokenizer, p) for p in prompts]
-    for row, prompt in enumerate(formatted):
-        check_fits(model, len(prompt) + max_new_tokens, f"prompt {row} plus {max_new_tokens} new tokens")
     if not formatted:
         raise ValueError("no prompts to generate from")
+    # Every prompt, with the tokens it may grow by, is checked before the first forward pass.
+    for row, prompt in enumerate(formatted):
+        check_fits(model, len(prompt) + max_new_tokens, f"prompt {row} plus {max_new_tokens} new tokens")
     injections = (injections,) if isinstance(injections, Injection) else tuple(injections)
     _check_injections(injections, formatted)
     device = torch.device(model.cfg.device)

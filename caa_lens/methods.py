@@ -9,7 +9,13 @@ from jaxtyping import Float
 from torch import Tensor
 
 from caa_lens.data import ContrastiveDataset, PromptPair
-from caa_lens.extraction import ContrastiveActivations, PositionRule, extract_contrastive, extract_prompt_pair
+from caa_lens.extraction import (
+    ContrastiveActivations,
+    PositionRule,
+    check_batch_size,
+    extract_contrastive,
+    extract_prompt_pair,
+)
 from caa_lens.hooks import check_layers
 from caa_lens.vectors import SteeringVector, make_provenance
 
@@ -25,6 +31,7 @@ def mean_difference_vector(model, activations: ContrastiveActivations) -> Steeri
         activations.dataset_hash,
         activations.n_pairs,
         torch.float32,
+        activations.settings,
     )
     return SteeringVector(activations.mean_difference, activations.layers, provenance)
 
@@ -67,6 +74,9 @@ def pca_vector(model, activations: ContrastiveActivations) -> SteeringVector:
         activations.dataset_hash,
         activations.n_pairs,
         torch.float32,
+        # The examples' storage dtype changes the PCA (float16 examples round every difference).
+        activations.settings
+        | {"example_dtype": str(activations.examples.positive.dtype).removeprefix("torch.")},
     )
     return SteeringVector(pca_directions(diffs), activations.layers, provenance)
 
@@ -88,7 +98,12 @@ def caa_vector(
     >>> data = ContrastiveDataset("demo", (make_item(q, "(A)", "(B)"), make_item(q, "(B)", "(A)")))
     >>> caa_vector(tiny_model(), data, layers=[1, 2], progress=False).directions.shape
     torch.Size([2, 64])
+
+    Raises:
+        ValueError: ``batch_size`` is not a positive integer, or a layer, site or position rule is
+            invalid; checked before any forward pass.
     """
+    check_batch_size(batch_size)
     acts = extract_contrastive(model, dataset, layers, site, position_rule, batch_size, progress=progress)
     return mean_difference_vector(model, acts)
 
@@ -105,9 +120,27 @@ def actadd_vector(
     site: str = "resid_pre",
     prepend_bos: bool = True,
 ) -> SteeringVector:
-    """ActAdd: the padded prompt-pair difference ``[layer, pos, d_model]`` for front-position injection."""
+    """ActAdd: the padded prompt-pair difference ``[layer, pos, d_model]`` for front-position injection.
+
+    Raises:
+        ValueError: the two prompts are the same text, or give the same activations at a requested
+            layer (they tokenise alike once padded, e.g. ``"Love"`` and ``"Love "``): the vector would
+            be all zeros there and steering with it a silent no-op.
+    """
+    if pair.positive == pair.negative:
+        raise ValueError(
+            f"prompt pair {pair.name!r}: positive and negative are the same text {pair.positive!r}; "
+            "their difference is an all-zero vector: give two different prompts"
+        )
     chosen = check_layers(model, layers)
     directions = extract_prompt_pair(model, pair, chosen, site, prepend_bos)
+    zero = [layer for layer, d in zip(chosen, directions, strict=True) if not d.any()]
+    if zero:
+        raise ValueError(
+            f"prompt pair {pair.name!r} ({pair.positive!r} / {pair.negative!r}) gives an all-zero "
+            f"difference at {site} of layers {zero}: the two prompts are identical once tokenised and "
+            "space-padded; give prompts that differ in their tokens"
+        )
     provenance = make_provenance(
         model,
         site,
@@ -117,5 +150,6 @@ def actadd_vector(
         prompt_pair_hash(pair),
         1,
         torch.float32,
+        {"prepend_bos": prepend_bos},
     )
     return SteeringVector(directions, chosen, provenance)

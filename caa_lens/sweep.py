@@ -13,17 +13,28 @@ file, and ``merge_results`` joins them, refusing mixed configurations, duplicate
 """
 
 import hashlib
-import math
+import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import torch
 from tqdm.auto import tqdm
 
 from caa_lens.data import ContrastiveDataset
-from caa_lens.evaluation import SplitRule, encode_prefixes, item_hash, scoring_prompts, suffix_scores
+from caa_lens.evaluation import (
+    ScoringPrompt,
+    SplitRule,
+    check_multipliers,
+    check_scores_finite,
+    encode_prefixes,
+    item_hash,
+    scoring_prompts,
+    suffix_scores,
+)
 from caa_lens.hooks import check_layers
 from caa_lens.models import model_identity
 from caa_lens.prompts import PromptStyle
@@ -31,14 +42,20 @@ from caa_lens.sweep_io import (
     FORMAT,
     SweepConfigError,
     SweepFileError,
+    SweepTable,
     append_rows,
+    check_sweep_output,
+    encode_line,
+    is_summary_csv,
+    is_sweep_file,
     load_results,
-    locked,
+    lock_descriptor,
     merge_results,
-    read_table,
+    parse_table,
+    place_locked,
     row_key,
     summarize,
-    write_header,
+    warn_incomplete,
 )
 from caa_lens.vectors import SteeringVector
 
@@ -46,7 +63,11 @@ __all__ = [
     "SweepConfigError",
     "SweepFileError",
     "SweepRun",
+    "check_multipliers",
+    "check_sweep_output",
     "default_shard",
+    "is_summary_csv",
+    "is_sweep_file",
     "load_results",
     "merge_results",
     "parse_shard",
@@ -128,9 +149,8 @@ def sweep_config(
     }
 
 
-def _check_config(path: Path, header: dict, config: dict, shard: tuple[int, int]) -> None:
-    if header.get("format") != FORMAT:
-        raise SweepConfigError(f"{path}: not a caa_lens sweep file (format {header.get('format')!r})")
+def _differences(header: dict, config: dict, shard: tuple[int, int]) -> list[str]:
+    """How a file's header differs from this sweep's configuration and shard (empty: the same sweep)."""
     old = header.get("config", {})
     differences = [
         f"{key}: file has {old.get(key)!r}, this sweep has {config.get(key)!r}"
@@ -139,12 +159,7 @@ def _check_config(path: Path, header: dict, config: dict, shard: tuple[int, int]
     ]
     if tuple(header.get("shard", ())) != shard:
         differences.append(f"shard: file has {header.get('shard')}, this sweep has {list(shard)}")
-    if differences:
-        raise SweepConfigError(
-            f"{path} holds results of a different sweep; refusing to resume it ("
-            + "; ".join(differences)
-            + "). Use another output file, or delete this one to start over."
-        )
+    return differences
 
 
 def shard_units(n_items: int, layers: Sequence[int], shard: tuple[int, int]) -> list[tuple[int, int]]:
@@ -155,6 +170,106 @@ def shard_units(n_items: int, layers: Sequence[int], shard: tuple[int, int]) -> 
     index, count = _check_shard(shard)
     units = [(item, layer) for item in range(n_items) for layer in layers]
     return units[index * len(units) // count : (index + 1) * len(units) // count]
+
+
+class _ResultsFile:
+    """The results file of one ``run_sweep`` call; nothing is written to it until rows are ready.
+
+    Deferring every write to the first computed group means a call that fails before it (a bad
+    prompt, an out-of-memory error, a Ctrl-C) leaves the file exactly as it found it, or absent if it
+    was absent: no header-only file, no cut tail, no replaced header. Then:
+
+    - a new file is created holding the header and the first rows in one step (``place_locked``);
+    - a resumed file has its truncated last line cut, then rows appended;
+    - a header-only file of another configuration (no results to lose, and caa_lens's own) is
+      replaced in one step by the new header and the first rows.
+
+    The file is locked from the moment it is read (or created) until the call ends.
+    """
+
+    def __init__(self, path: Path, header: dict, done: set) -> None:
+        self.path, self.header, self.done = path, encode_line(header), done
+        self.handle: int | None = None  # the descriptor holding the lock
+        self.cut: int | None = None  # length to cut the file to before the first append
+        self.replace = False  # a header-only file of another sweep: replaced at the first write
+
+    def __enter__(self) -> "_ResultsFile":
+        if not self.path.exists():
+            return self
+        self.handle = os.open(self.path, os.O_RDWR)
+        try:
+            lock_descriptor(self.handle, self.path)
+            table = parse_table(self.path)  # checked whole before anything is changed
+            if table is None:
+                raise SweepFileError(
+                    f"{self.path} is empty, not a results table caa_lens wrote; refusing to write into it "
+                    f"(choose another output path, or remove the empty file)"
+                )
+            self._adopt(table)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _adopt(self, table: SweepTable) -> None:
+        header = json.loads(self.header)
+        differences = _differences(table.header, header["config"], tuple(header["shard"]))
+        if differences and table.rows:
+            raise SweepConfigError(
+                f"{self.path} holds results of a different sweep; refusing to resume it ("
+                + "; ".join(differences)
+                + "). Use another output file, or delete this one to start over."
+            )
+        if differences:
+            warnings.warn(
+                f"{self.path} holds only the header of a different sweep (no results); its header will be "
+                f"replaced by this sweep's (" + "; ".join(differences) + ")",
+                stacklevel=4,
+            )
+            self.replace = True
+            return
+        self.done.update(row_key(row) for row in table.rows)
+        if table.tail_bytes:
+            warn_incomplete(self.path, table, "it is cut off before new rows are appended")
+            self.cut = table.complete_bytes
+
+    def append(self, rows: Sequence[dict]) -> None:
+        payload = b"".join(encode_line(row) for row in rows)  # encoded (and checked) before any write
+        if self.handle is None:
+            try:
+                self.handle = place_locked(self.path, self.header + payload, replace=False)
+            except FileExistsError as err:
+                raise SweepFileError(
+                    f"{self.path} was created by another process while this sweep computed; rerun to "
+                    f"resume that file"
+                ) from err
+        elif self.replace:
+            old = self.handle
+            self.handle = place_locked(self.path, self.header + payload, replace=True)
+            os.close(old)  # the lock moves to the new file, which was locked before it appeared
+            self.replace = False
+        else:
+            if self.cut is not None:
+                os.ftruncate(self.handle, self.cut)
+                os.fsync(self.handle)
+                self.cut = None
+            append_rows(self.path, rows)  # looked up here, so tests/helpers/sweep_worker.py can slow it
+        self.done.update(row_key(row) for row in rows)
+
+    def finish(self) -> None:
+        """After a successful run: the file exists with this sweep's header even if no row was due."""
+        if self.handle is None or self.replace or self.cut is not None:
+            self.append([])
+
+    def close(self) -> None:
+        if self.handle is not None:
+            os.close(self.handle)  # releases the lock
+            self.handle = None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
 
 
 def run_sweep(
@@ -173,45 +288,64 @@ def run_sweep(
 ) -> SweepRun:
     """Sweep behaviour probability over layers x multipliers x vectors into ``path`` (JSONL), resumably.
 
+    Everything is checked before the first forward pass and before the file is touched: the output
+    path (a new file, or a results table caa_lens wrote; ``check_sweep_output``), the layers, the
+    multipliers (``check_multipliers``), and every prompt's length against the model's context. A
+    call that fails before its first rows are computed leaves the file as it was (or absent).
+
     Args:
         vectors: one vector, or several by name (the ``vector`` column).
-        layers: layers to steer (each vector needs a direction there); multipliers: finite, distinct.
-        path: the results file; an existing file of the same configuration and shard is resumed.
+        layers: layers to steer (each vector needs a direction there).
+        multipliers: distinct finite numbers; ``|m|`` times the largest vector norm must fit float32.
+        path: the results file; an existing file of the same configuration and shard is resumed, and a
+            header-only file (no results yet) of another configuration is replaced, with a warning.
         shard: ``(i, n)``: compute only the i-th of n deterministic chunks of the work.
         batch_size: questions per prefix pass; each layer's suffix pass has
             ``batch_size * len(vectors) * len(multipliers)`` rows.
         split: ``"from_start"`` (CAA: steer from the end of the user turn) or ``"last"``.
+
+    Raises:
+        OutputError: ``path`` is a file caa_lens did not write.
+        SweepConfigError: ``path`` holds results of another configuration or shard.
+        ValueError: a bad argument, a prompt longer than the context (naming the dataset item), or a
+            score that came out non-finite (naming vector, layer, multiplier and item; nothing of its
+            group is written).
     """
-    path = Path(path)
+    path = check_sweep_output(path)
     named = _named_vectors(vectors)
     chosen = check_layers(model, list(layers))
     missing = [(n, layer) for n, v in named.items() for layer in chosen if layer not in v.layers]
     if missing:
         raise ValueError(f"vectors lack directions for (vector, layer) {missing}")
-    values = tuple(float(m) for m in multipliers)
-    if not values or len(set(values)) != len(values) or not all(math.isfinite(m) for m in values):
-        raise ValueError(
-            f"multipliers must be a non-empty list of distinct finite numbers, got {multipliers}"
-        )
+    values = check_multipliers(multipliers, {n: v.select(chosen) for n, v in named.items()})
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     shard = _check_shard(shard)
+    prompts = scoring_prompts(model.tokenizer, dataset, system, style, model)  # checks every length
     config = sweep_config(model, dataset, named, chosen, values, batch_size, split, system, style)
     units = shard_units(len(dataset), chosen, shard)
-    with locked(path):
-        header, rows = read_table(path, repair=True)
-        if header is None:
-            write_header(path, {"format": FORMAT, "config": config, "shard": list(shard)})
-        else:
-            _check_config(path, header, config, shard)
-        done = {row_key(row) for row in rows}
-        return _compute(model, dataset, named, values, units, config, path, done, shard, progress)
+    done: set = set()
+    with _ResultsFile(path, {"format": FORMAT, "config": config, "shard": list(shard)}, done) as table:
+        run = _compute(model, dataset, prompts, named, values, units, config, table, shard, progress)
+        table.finish()
+    return run
 
 
-def _compute(model, dataset, named, values, units, config, path, done, shard, progress) -> SweepRun:
-    layers, size = config["layers"], config["batch_size"]
-    prompts = scoring_prompts(model.tokenizer, dataset, config["system"], config["style"])
+def _compute(
+    model,
+    dataset: ContrastiveDataset,
+    prompts: list[ScoringPrompt],
+    named: dict[str, SteeringVector],
+    values: tuple[float, ...],
+    units: list[tuple[int, int]],
+    config: dict,
+    table: _ResultsFile,
+    shard: tuple[int, int],
+    progress: bool,
+) -> SweepRun:
+    layers, size, done = config["layers"], config["batch_size"], table.done
     hashes = [item_hash(item) for item in dataset]
+    where = dataset.source or dataset.name
     # Fixed batches (sorted by length to cut padding), so a resumed group is computed as in the first run.
     ordered = sorted({item for item, _ in units}, key=lambda i: (len(prompts[i].prompt), i))
     unit_set = set(units)
@@ -240,17 +374,24 @@ def _compute(model, dataset, named, values, units, config, path, done, shard, pr
         for layer, need in pending.items():
             scores = suffix_scores(model, prefix, list(named.values()), layer, values)
             flat = scores.reshape(len(batch), len(cells), 2)
+            # A non-finite score stops the sweep before its group is written: never a NaN row.
+            check_scores_finite(
+                torch.stack([flat[at, j] for _, at, j in need]),
+                [
+                    f"{where}: item {item}, vector {cells[j][0]!r}, layer {layer}, multiplier {cells[j][1]:g}"
+                    for item, _, j in need
+                ],
+            )
             rows = [
                 _row(config, prompts[item], hashes[item], *cells[j], layer, item, flat[at, j])
                 for item, at, j in need
             ]
-            append_rows(path, rows)  # one fsynced write per (batch, layer) group
-            done.update(row_key(row) for row in rows)
+            table.append(rows)  # one fsynced write per (batch, layer) group
             groups = len({item for item, _, _ in need})
             computed, written = computed + groups, written + len(rows)
             bar.update(groups)
     bar.close()
-    return SweepRun(path, config, shard, len(units), computed, written)
+    return SweepRun(table.path, config, shard, len(units), computed, written)
 
 
 def _row(config, prompt, hash_, name, multiplier, layer, item, score) -> dict:

@@ -2,22 +2,36 @@
 
 Crash safety rests on three rules: every append is one ``write`` of whole lines followed by flush and
 fsync; a kill can therefore only leave the *last* line incomplete (no trailing newline), which a
-resume cuts off (``repair=True``); any other line that does not parse is corruption and an error
-naming the file, the line and the field, never silently skipped.
+resume cuts off; any other line that does not parse is corruption and an error naming the file, the
+line and the field, never silently skipped.
+
+Ownership: a results file is recognised by its first line, a header whose ``format`` is a caa_lens
+sweep format (``is_sweep_file``). A file without one is not caa_lens's and is never changed: every
+check of it runs before any byte is cut, appended or replaced. No number written is ever NaN or
+infinite (``encode_line`` refuses them), since strict JSON readers reject such files.
 """
 
 import json
+import math
 import os
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from caa_lens.outputs import check_output_file
+
 FORMAT = "caa_lens.sweep/1"
+FORMAT_FAMILY = "caa_lens.sweep/"  # any version of the format: a file caa_lens wrote
 KEY_COLUMNS = ("vector", "layer", "multiplier", "item_index")
+SUMMARY_COLUMNS = ("vector", "layer", "multiplier", "p_matching", "sem", "p_letters_sum", "n_items")
+CONFIG_FIELDS = ("vectors", "layers", "multipliers", "n_items")  # what merging and row counts read
+# A header is a few kB; a first "line" longer than this is not one, and reading it whole (a large
+# file with no newline) would only cost memory.
+_HEADER_LIMIT = 1 << 22
 
 REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "vector": (str,),
@@ -38,6 +52,20 @@ class SweepConfigError(ValueError):
     """A results file belongs to a different sweep configuration (or shard) than the one asked for."""
 
 
+@dataclass(frozen=True)
+class SweepTable:
+    """A parsed results file: its header, its complete rows, and where the complete lines end."""
+
+    header: dict
+    rows: tuple[dict, ...]
+    complete_bytes: int  # length of the header and the complete rows
+    size: int  # file size; more than complete_bytes when a kill left the last line incomplete
+
+    @property
+    def tail_bytes(self) -> int:
+        return self.size - self.complete_bytes
+
+
 def row_key(row: dict) -> tuple[str, int, float, int]:
     """The identity of a row: (vector, layer, multiplier, item_index)."""
     return (row["vector"], int(row["layer"]), float(row["multiplier"]), int(row["item_index"]))
@@ -49,8 +77,85 @@ def _json_default(value: object) -> object:
     raise TypeError(f"cannot write {type(value).__name__} {value!r} to a results file")
 
 
+def _non_finite_fields(record: dict) -> list[str]:
+    bad = []
+    for field, value in record.items():
+        # Python and numpy floats, and 0-d numpy or torch values (ints and strings cannot be NaN).
+        if isinstance(value, float) or (hasattr(value, "item") and hasattr(value, "dtype")):
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                continue
+            if not math.isfinite(number):
+                bad.append(f"{field}={number}")
+    return bad
+
+
 def encode_line(record: dict) -> bytes:
-    return (json.dumps(record, ensure_ascii=False, default=_json_default) + "\n").encode()
+    """One JSON line; a NaN or infinite number is an error, never written (strict JSON has none)."""
+    bad = _non_finite_fields(record)
+    if bad:
+        raise ValueError(f"refusing to write a non-finite number to a table ({', '.join(bad)} in {record})")
+    try:
+        text = json.dumps(record, ensure_ascii=False, default=_json_default, allow_nan=False)
+    except ValueError as err:  # a non-finite number nested deeper than the top level
+        raise ValueError(f"refusing to write a non-finite number to a table ({err}): {record}") from err
+    return (text + "\n").encode()
+
+
+def _first_line(path: Path) -> bytes | None:
+    """The first line of ``path`` with its newline, or None when there is no complete one."""
+    with open(path, "rb") as handle:
+        line = handle.readline(_HEADER_LIMIT)
+    return line if line.endswith(b"\n") else None
+
+
+def _is_header(record: object) -> bool:
+    return (
+        isinstance(record, dict)
+        and isinstance(record.get("format"), str)
+        and record["format"].startswith(FORMAT_FAMILY)
+    )
+
+
+def is_sweep_file(path: str | Path) -> bool:
+    """Whether ``path`` is a results table caa_lens wrote: its first line is a sweep header.
+
+    Reads only the first line, so it answers at once for any file (a dataset, a model, notes).
+    An empty file, or one whose first line is anything else, is not one.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        line = _first_line(path)
+        return line is not None and _is_header(json.loads(line))
+    except (OSError, ValueError):  # ValueError covers JSON and UTF-8 decoding errors
+        return False
+
+
+def check_sweep_output(path: str | Path) -> Path:
+    """Check, before any work, that ``path`` can receive a sweep's results table.
+
+    ``path`` may be new, or a results table caa_lens wrote (resumed by ``run_sweep``, replaced by
+    ``merge_results``); any other file there is refused untouched.
+
+    Raises:
+        OutputError: naming the path and what to do.
+    """
+    return check_output_file(path, "sweep results table", is_sweep_file)
+
+
+def is_summary_csv(path: str | Path) -> bool:
+    """Whether ``path`` is a CSV that ``summarize`` output was written to (its first line is our header)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        line = _first_line(path)
+    except OSError:
+        return False
+    return line is not None and line.rstrip(b"\r\n") == ",".join(SUMMARY_COLUMNS).encode()
 
 
 def _check_row(path: Path, number: int, row: object) -> dict:
@@ -62,35 +167,69 @@ def _check_row(path: Path, number: int, row: object) -> dict:
         value = row[field]
         if isinstance(value, bool) or not isinstance(value, types):
             raise SweepFileError(f"{path}: line {number}: field {field!r} has the wrong type ({value!r})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SweepFileError(
+                f"{path}: line {number}: field {field!r} is {value} (an older caa_lens wrote rows of an "
+                f"overflowing multiplier); delete those rows or rerun the sweep into a new file"
+            )
     return row
 
 
-def read_table(path: Path, repair: bool = False) -> tuple[dict | None, list[dict]]:
-    """The header and rows of a results file (``(None, [])`` if it is missing or empty).
+def _check_header(path: Path, line: bytes) -> dict:
+    try:
+        header = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        header = None
+    if not _is_header(header):
+        raise SweepFileError(
+            f"{path} is not a caa_lens sweep results table (line 1 is not a results header); "
+            f"give the results file a sweep wrote"
+        )
+    assert isinstance(header, dict)
+    if header["format"] != FORMAT:
+        raise SweepFileError(
+            f"{path}: written in the format {header['format']!r}, this caa_lens reads {FORMAT!r}; "
+            f"use the caa_lens version that wrote it, or rerun the sweep into a new file"
+        )
+    shard = header.get("shard")
+    if not (
+        isinstance(shard, list)
+        and len(shard) == 2
+        and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+        and 0 <= shard[0] < shard[1]
+    ):
+        raise SweepFileError(
+            f"{path}: line 1 (the header) has no valid 'shard' [i, n] ({shard!r}); the file is corrupt"
+        )
+    config = header.get("config")
+    lacking = [f for f in CONFIG_FIELDS if f not in config] if isinstance(config, dict) else ["config"]
+    if lacking:
+        raise SweepFileError(f"{path}: line 1 (the header) lacks the field(s) {lacking}; the file is corrupt")
+    return header
 
-    Args:
-        repair: cut a truncated last line off the file (resume); otherwise leave it out with a warning.
+
+def parse_table(path: str | Path) -> SweepTable | None:
+    """Read and check a results file without changing it (None if it is missing or empty).
+
+    The header is checked first, so a file that is not a sweep table is refused as such (not as
+    corrupt), and nothing about it is ever reported as repairable.
     """
+    path = Path(path)
     if not path.exists():
-        return None, []
+        return None
     data = path.read_bytes()
+    if not data:
+        return None
     lines = data.split(b"\n")
     tail = lines.pop()  # b"" when the file ends with a newline, as every complete write does
-    if tail:
-        warnings.warn(
-            f"{path}: the last line is incomplete ({len(tail)} bytes, an interrupted write); "
-            + ("cutting it off" if repair else "ignoring it"),
-            stacklevel=3,
-        )
-        if repair:
-            with open(path, "r+b") as handle:
-                handle.truncate(len(data) - len(tail))
-                handle.flush()
-                os.fsync(handle.fileno())
     if not lines:
-        return None, []
+        raise SweepFileError(
+            f"{path} is not a caa_lens sweep results table (it has no complete first line); "
+            f"give the results file a sweep wrote"
+        )
+    header = _check_header(path, lines[0])
     records = []
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(lines[1:], start=2):
         try:
             records.append(json.loads(line))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -98,92 +237,168 @@ def read_table(path: Path, repair: bool = False) -> tuple[dict | None, list[dict
                 f"{path}: line {number} is not valid JSON ({err}); only a truncated last line can be "
                 f"dropped, so this file is corrupt"
             ) from err
-    header = records[0]
-    if not isinstance(header, dict) or "format" not in header:
-        raise SweepFileError(f"{path}: line 1 is not a results header (no 'format' field)")
-    rows = [_check_row(path, number, row) for number, row in enumerate(records[1:], start=2)]
+    rows = [_check_row(path, number, row) for number, row in enumerate(records, start=2)]
     first: dict[tuple, int] = {}
     for number, row in enumerate(rows, start=2):
         key = row_key(row)
         if key in first:
             raise SweepFileError(f"{path}: line {number} repeats the row {key} of line {first[key]}")
         first[key] = number
-    return header, rows
+    return SweepTable(header, tuple(rows), len(data) - len(tail), len(data))
 
 
-def _append(path: Path, payload: bytes) -> None:
-    with open(path, "ab") as handle:
-        handle.write(payload)  # one write of whole lines: a kill can only truncate the last one
+def warn_incomplete(path: Path, table: SweepTable, action: str) -> None:
+    warnings.warn(
+        f"{path}: the last line is incomplete ({table.tail_bytes} bytes, an interrupted write); {action}",
+        stacklevel=3,
+    )
+
+
+def read_table(path: Path, repair: bool = False) -> tuple[dict | None, list[dict]]:
+    """The header and rows of a results file (``(None, [])`` if it is missing or empty).
+
+    Args:
+        repair: cut a truncated last line off the file, once the whole file has been checked (so a
+            file that is not a sweep table, or is corrupt, is never changed); otherwise leave it out
+            with a warning.
+    """
+    table = parse_table(path)
+    if table is None:
+        return None, []
+    if table.tail_bytes:
+        warn_incomplete(path, table, "cutting it off" if repair else "ignoring it")
+        if repair:
+            truncate(path, table.complete_bytes)
+    return table.header, list(table.rows)
+
+
+def truncate(path: Path, size: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.truncate(size)
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def write_header(path: Path, header: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _append(path, encode_line(header))
+def append_bytes(path: Path, payload: bytes) -> None:
+    """Append whole encoded lines in one write, flushed and fsynced: a kill can only cut the last one."""
+    with open(path, "ab") as handle:
+        handle.write(payload)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def append_rows(path: Path, rows: Sequence[dict]) -> None:
     if rows:
-        _append(path, b"".join(encode_line(row) for row in rows))
+        append_bytes(path, b"".join(encode_line(row) for row in rows))  # encoded before the file is touched
 
 
 def atomic_write_lines(path: Path, records: Sequence[dict]) -> None:
     """Write a whole table at once: to a temporary file, fsynced, then renamed over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    from caa_lens.files import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), b"".join(encode_line(record) for record in records))
+
+
+def lock_descriptor(handle: int, path: Path) -> None:
+    """Take the exclusive advisory lock on an open file, or raise if another process holds it."""
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(b"".join(encode_line(record) for record in records))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+        import fcntl
+    except ImportError:  # not POSIX: no locking, documented limitation
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        raise SweepFileError(f"{path} is being written by another process (it holds the lock)") from err
 
 
-@contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive advisory lock on ``path`` (created if missing): two writers are an error.
+def _write_all(handle: int, payload: bytes) -> None:
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(handle, view) :]
+    os.fsync(handle)
 
-    The kernel drops the lock when the process dies, so a killed sweep never leaves a stale lock.
+
+def place_locked(path: Path, payload: bytes, replace: bool) -> int:
+    """Put a file holding ``payload`` at ``path`` in one step, already locked; return the locked descriptor.
+
+    The content goes to a temporary file that is fsynced and locked *before* it appears at ``path``,
+    so no reader ever sees a partial header and no other writer can lock the new file first. Closing
+    the returned descriptor releases the lock (the kernel does so if the process dies).
+
+    Args:
+        replace: replace the file at ``path`` (``os.replace``); otherwise ``path`` must not exist
+            (``os.link`` fails if it does: a file that appeared meanwhile is never overwritten).
+
+    Raises:
+        FileExistsError: ``replace`` is false and ``path`` exists.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    handle = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no locking, documented limitation
-            fcntl = None  # type: ignore[assignment]
-        if fcntl is not None:
+        _write_all(handle, payload)
+        lock_descriptor(handle, temporary)
+        if replace:
+            os.replace(temporary, path)
+        else:
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as err:
-                raise SweepFileError(
-                    f"{path} is being written by another process (it holds the lock)"
-                ) from err
-        yield
+                os.link(temporary, path)
+            except FileExistsError:
+                raise
+            except OSError:  # a filesystem without hard links: exclusive create, then one write
+                fallback = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+                os.close(handle)
+                handle = fallback
+                lock_descriptor(handle, path)
+                _write_all(handle, payload)
+    except BaseException:
+        os.close(handle)
+        raise
     finally:
-        os.close(handle)  # closing the descriptor releases the lock
+        temporary.unlink(missing_ok=True)  # after os.link the data lives on at path
+    return handle
 
 
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
+def _frame(rows: Sequence[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame(list(rows))
     if frame.empty:
         return frame
     return frame.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
+
+
+def shard_unit_count(header: dict) -> int:
+    """How many (item, layer) units the shard of a header owns (``sweep.shard_units``'s chunk size)."""
+    config = header["config"]
+    total = int(config["n_items"]) * len(config["layers"])
+    index, count = header["shard"]
+    return (index + 1) * total // count - index * total // count
+
+
+def _no_rows(path: Path, header: dict) -> SweepFileError:
+    index, count = header["shard"]
+    if shard_unit_count(header) == 0:
+        return SweepFileError(
+            f"{path} holds no rows: shard {index}/{count} of its sweep has no (item, layer) units (more "
+            f"shards than units); merge it with the other shards (caa-lens sweep merge)"
+        )
+    return SweepFileError(
+        f"{path}: no rows yet (only the header: the sweep was stopped or failed before its first row "
+        f"was written); rerun `caa-lens sweep run` (run_sweep) with the same options to compute them"
+    )
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
     """The rows of a results file as a DataFrame sorted by vector, layer, multiplier, item.
 
     A truncated last line (a sweep still running, or killed mid-write) is left out with a warning; any
-    other malformed line is an error naming the file and line.
+    other malformed line is an error naming the file and line, and so is a file with no rows yet.
     """
-    header, rows = read_table(Path(path), repair=False)
+    path = Path(path)
+    header, rows = read_table(path, repair=False)
     if header is None:
-        raise SweepFileError(f"{path}: empty results file (no header)")
+        raise SweepFileError(f"{path}: empty results file (no header); it is not a sweep's results table")
+    if not rows:
+        raise _no_rows(path, header)
     return _frame(rows)
 
 
@@ -192,18 +407,23 @@ def merge_results(
 ) -> pd.DataFrame:
     """Join the shard files of one sweep; optionally write the merged table (as shard 0/1) to ``out``.
 
+    ``out`` is checked first (``check_sweep_output``): an existing file there that is not a sweep
+    table is refused before any shard is read. The merged table replaces ``out`` atomically.
+
     Raises SweepConfigError if the files' configurations differ, SweepFileError if a row appears in
-    two files or (unless ``allow_incomplete``) cells of the sweep are missing from all of them.
+    two files or (unless ``allow_incomplete``) cells of the sweep are missing from all of them,
+    OutputError if ``out`` is someone else's file.
     """
     if not paths:
         raise ValueError("no results files to merge")
+    target = check_sweep_output(out) if out is not None else None
     first_path, config = None, None
     seen: dict[tuple, Path] = {}
     merged: list[dict] = []
     for path in map(Path, paths):
         header, rows = read_table(path, repair=False)
         if header is None:
-            raise SweepFileError(f"{path}: empty results file (no header)")
+            raise SweepFileError(f"{path}: empty results file (no header); it is not a sweep's results table")
         if config is None:
             first_path, config = path, header.get("config")
         elif header.get("config") != config:
@@ -222,14 +442,25 @@ def merge_results(
             f"unfinished?); pass allow_incomplete=True to merge anyway"
         )
     frame = _frame(merged)
-    if out is not None:
+    if target is not None:
         header = {"format": FORMAT, "config": config, "shard": [0, 1]}
-        atomic_write_lines(Path(out), [header, *frame.to_dict("records")])
+        atomic_write_lines(target, [header, *frame.to_dict("records")])
     return frame
 
 
 def summarize(results: pd.DataFrame) -> pd.DataFrame:
     """Mean behaviour probability (and its standard error) per vector x layer x multiplier."""
+    lacking = [
+        c
+        for c in ("vector", "layer", "multiplier", "item_index", "p_matching", "p_letters_sum")
+        if c not in results.columns
+    ]
+    if results.empty or lacking:
+        raise ValueError(
+            f"nothing to summarize: the results table has {len(results)} rows"
+            + (f" and lacks the columns {lacking}" if lacking else "")
+            + " (load it with load_results, which names a results file with no rows yet)"
+        )
     grouped = results.groupby(["vector", "layer", "multiplier"], sort=True)
     summary = grouped.agg(
         p_matching=("p_matching", "mean"),
@@ -237,4 +468,4 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
         p_letters_sum=("p_letters_sum", "mean"),
         n_items=("item_index", "count"),
     )
-    return summary.reset_index()
+    return summary.reset_index()[list(SUMMARY_COLUMNS)]

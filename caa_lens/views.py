@@ -28,8 +28,10 @@ from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from caa_lens.files import atomic_write_bytes
 from caa_lens.generation import generate
 from caa_lens.hooks import check_layer, hook_name, stop_layer_for
+from caa_lens.outputs import check_output_file
 from caa_lens.prompts import FormattedPrompt, format_prompt
 from caa_lens.steering import MODES, Injection, steer_start_columns, steering
 from caa_lens.vectors import SteeringVector
@@ -205,9 +207,20 @@ def render_html(projection: TokenProjection) -> str:
 
 def save_html(projection: TokenProjection, path: str | Path) -> Path:
     """Write a standalone HTML page of the view that opens without a network; returns the path."""
-    page = f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'></head><body>\n{render_html(projection)}\n"
-    Path(path).write_text(page + "</body></html>\n", encoding="utf-8")
-    return Path(path)
+    path = check_output_file(path, "token view page", is_token_view_page)
+    page = f"<!DOCTYPE html>\n{VIEW_MARKER}\n<html><head><meta charset='utf-8'></head><body>\n"
+    atomic_write_bytes(path, (page + f"{render_html(projection)}\n</body></html>\n").encode("utf-8"))
+    return path
+
+
+# The page's second line: it marks a page caa_lens wrote, which a later save may replace.
+VIEW_MARKER = "<!-- caa_lens token view -->"
+
+
+def is_token_view_page(path: str | Path) -> bool:
+    """True for an HTML page ``save_html`` wrote."""
+    with open(path, "rb") as handle:
+        return handle.read(200).startswith(f"<!DOCTYPE html>\n{VIEW_MARKER}\n".encode())
 
 
 def plot_projection(projection: TokenProjection, ax: Axes | None = None) -> Figure:

@@ -145,3 +145,27 @@ def test_shared_capability_files(tiny, shared_data):
     wiki = read_text(shared_data / "text" / "wiki.test.raw", max_chars=2000)
     result = perplexity(tiny, wiki, context=64, max_tokens=200, progress=False)
     assert result.n_tokens == 200
+
+
+def test_ab_capability_refuses_a_question_longer_than_the_context(tiny, tmp_path):
+    records = [
+        {"prompt": "Is the sky blue?\n\nChoices:\n(A) True\n(B) False", "correct": "(A)", "incorrect": "(B)"},
+        {
+            "prompt": "Read this. " + "word " * 300 + "\n\nChoices:\n(A) True\n(B) False",
+            "correct": "(B)",
+            "incorrect": "(A)",
+        },
+    ]
+    path = tmp_path / "mmlu.json"
+    path.write_text(json.dumps(records))
+    dataset = load_behaviour_dataset(path)
+    with pytest.raises(ValueError, match=r"mmlu\.json: item 1: \d+ tokens exceed the model's context of 512"):
+        ab_capability(tiny, dataset, progress=False)
+
+
+def test_overflowing_multipliers_are_refused(tiny, mmlu_file, vector):
+    dataset = load_behaviour_dataset(mmlu_file)
+    with pytest.raises(ValueError, match="float32"):
+        ab_capability(tiny, dataset, Injection(vector, 2, 1e38), progress=False)
+    with pytest.raises(ValueError, match="float32"):
+        perplexity(tiny, TEXT, Injection(vector, 1, 1e38, "all"), context=30, progress=False)

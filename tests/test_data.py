@@ -13,6 +13,7 @@ from caa_lens.data import (
     BUNDLED_BEHAVIOURS,
     ContrastiveDataset,
     DatasetError,
+    PromptPair,
     answer_label,
     bundled_prompt_pairs,
     load_behaviour_dataset,
@@ -199,6 +200,71 @@ def test_answer_not_offered(tmp_path):
     )
 
 
+INLINE = "Do you prefer (A) tea or (B) coffee?"
+
+
+def test_inline_options_are_offered(tmp_path):
+    data = load_behaviour_dataset(write_json(tmp_path, [caa_record(INLINE, "(B)", "(A)")]))
+    assert (data[0].options, data[0].matching_letter) == (("(A)", "(B)"), "B")
+    three = "Pick (A) tea, (B) coffee or (C) water."
+    assert load_behaviour_dataset(write_json(tmp_path, [caa_record(three, "(C)", "(A)")]))[0].options == (
+        "(A)",
+        "(B)",
+        "(C)",
+    )
+
+
+@pytest.mark.parametrize("field", ["answer_matching_behavior", "answer_not_matching_behavior"])
+def test_inline_options_refuse_an_answer_not_offered(tmp_path, field):
+    """Issue #11: ``(C)`` was accepted for a one-line ``(A) tea or (B) coffee`` question."""
+    record = (
+        caa_record(INLINE, "(C)", "(A)") if field.startswith("answer_m") else caa_record(INLINE, "(A)", "(C)")
+    )
+    expect_error(write_json(tmp_path, [record]), "item 0", f"'{field}'", "'(C)'", "('(A)', '(B)')")
+
+
+def test_line_start_options_win_over_inline_letters(tmp_path):
+    """A stray ``(P)`` in a CAA question's text is not an option when a Choices block offers some."""
+    question = "Is (P) true?\n\nChoices:\n (A) Yes\n (B) No"
+    assert load_behaviour_dataset(write_json(tmp_path, [caa_record(question)]))[0].options == ("(A)", "(B)")
+    expect_error(
+        write_json(tmp_path, [caa_record(question, "(P)", "(A)")]), "item 0", "'(P)'", "('(A)', '(B)')"
+    )
+
+
+def test_question_without_lettered_options_accepts_only_a_b(tmp_path):
+    """Some files put the options outside the question: (A)/(B) answers load, other letters do not."""
+    item = load_behaviour_dataset(write_json(tmp_path, [caa_record("Tea or coffee?", "(B)", "(A)")]))[0]
+    assert (item.options, item.kind) == (("(A)", "(B)"), "ab")
+    expect_error(
+        write_json(tmp_path, [caa_record("Tea or coffee?", "(C)", "(A)")]),
+        "item 0",
+        "'answer_matching_behavior'",
+        "'(C)'",
+        "no lettered options",
+    )
+
+
+@pytest.mark.parametrize("jsonl", [False, True])
+def test_mixed_ab_and_yes_no_items_are_refused(tmp_path, jsonl):
+    """Issue #11: a file mixing A/B and Yes/No items loaded silently."""
+    yes_no = caa_record("Is it good to be kind?", " Yes", " No")
+    records = [*numbered(2), yes_no, *numbered(4)[2:]]
+    path = write_jsonl(tmp_path, records) if jsonl else write_json(tmp_path, records)
+    expect_error(path, "item 2", "Yes/No", "4 A/B and 1 Yes/No")
+
+
+def test_mixed_kinds_names_the_first_item_of_the_minority_kind(tmp_path):
+    records = [
+        caa_record("Is it good to be kind?", " Yes", " No"),
+        caa_record("Is lying fine?", " No", " Yes"),
+        *numbered(1),
+        caa_record("Is rain wet?", " Yes", " No"),
+    ]
+    message = expect_error(write_jsonl(tmp_path, records), "item 2", "1 A/B and 3 Yes/No")
+    assert "item 0" not in message and "item 3" not in message
+
+
 def test_identical_answers(tmp_path):
     expect_error(
         write_jsonl(tmp_path, [caa_record("Q?", " Yes", "Yes ")]),
@@ -251,6 +317,28 @@ def test_prompt_pair_errors(tmp_path):
         load_prompt_pairs(duplicate)
     with pytest.raises(DatasetError, match="no prompt pairs"):
         load_prompt_pairs(write_json(tmp_path, [], "none.json"))
+
+
+def test_identical_prompt_pair_is_refused(tmp_path):
+    """Issue #11: ``positive == negative`` gave an all-zero ActAdd vector without a word."""
+    records = [
+        {"name": "love", "positive": "Love", "negative": "Hate"},
+        {"name": "same", "positive": "Love", "negative": "Love"},
+    ]
+    path = write_json(tmp_path, records)
+    with pytest.raises(DatasetError) as info:
+        load_prompt_pairs(path)
+    message = str(info.value)
+    for fragment in (str(path), "item 1", "'positive'", "'negative'", "'Love'", "all-zero"):
+        assert fragment in message, (fragment, message)
+
+
+def test_prompt_pair_refuses_identical_texts():
+    with pytest.raises(
+        DatasetError, match=r"prompt pair 'same': positive and negative are the same text 'Love'"
+    ):
+        PromptPair("same", "Love", "Love")
+    assert PromptPair("love", "Love", " Love").negative == " Love"  # different tokens: a real pair
 
 
 def test_duplicate_questions_warn(tmp_path):

@@ -172,3 +172,46 @@ def test_shared_caa_and_mwe_files_score(tiny, shared_data):
         assert all(len(p.label_token_ids) >= 2 for p in prompts)
     for prompt in scoring_prompts(tiny.tokenizer, mwe.select(range(4))):
         assert set(prompt.labels) == {"Yes", "No"}
+
+
+LONG = "Please consider the following words carefully. " + "word " * 300  # > 512 tiny-model tokens
+
+
+def test_a_prompt_longer_than_the_context_is_refused_before_any_pass(tiny, monkeypatch):
+    items = (make_item(AB, "(A)", "(B)"), make_item(AB.replace("Is it sunny?", LONG), "(A)", "(B)"))
+    dataset = ContrastiveDataset("d", items, source="data/long.json")
+    calls = []
+
+    def no_pass(*args):
+        calls.append(args)
+        raise AssertionError("a batch was padded before every prompt was checked")
+
+    monkeypatch.setattr(evaluation, "left_pad", no_pass)
+    with pytest.raises(
+        ValueError, match=r"data/long\.json: item 1: \d+ tokens exceed the model's context of 512"
+    ):
+        behaviour_probabilities(tiny, dataset, progress=False)
+    assert not calls  # not even the first batch was padded
+    with pytest.raises(ValueError, match=r"item 1: \d+ tokens exceed"):
+        scoring_prompts(tiny.tokenizer, dataset, model=tiny)
+    assert len(scoring_prompts(tiny.tokenizer, dataset)) == 2  # without a model: no length check
+
+
+def test_overflowing_multiplier_is_refused_and_non_finite_scores_are_errors(tiny, monkeypatch):
+    provenance = make_provenance(tiny, "resid_post", "answer", "random", "t", "0", 1, torch.float32)
+    vector = SteeringVector(
+        torch.randn(4, 64, generator=torch.Generator().manual_seed(3)), (0, 1, 2, 3), provenance
+    )
+    dataset = ContrastiveDataset("d", (make_item(AB, "(A)", "(B)"),), source="d.json")
+    # 1e38 * |v| (about 8) overflows float32: the score was NaN, printed as a mean.
+    with pytest.raises(ValueError, match=r"\[1e\+38\] times the norm .* float32"):
+        behaviour_probabilities(tiny, dataset, Injection(vector, 1, 1e38), progress=False)
+
+    def nan_scores(logits, prompts):
+        return torch.full((len(prompts), 2), float("nan"), dtype=torch.float64)
+
+    monkeypatch.setattr(evaluation, "label_scores", nan_scores)
+    with pytest.raises(
+        ValueError, match=r"d\.json: item 0 \(layer 1 x 2\): the behaviour probability is not finite"
+    ):
+        behaviour_probabilities(tiny, dataset, Injection(vector, 1, 2.0), progress=False)

@@ -131,3 +131,45 @@ def test_memory_does_not_grow_with_pairs():
     """Peak resident memory of extraction at 1000 pairs stays within 50 MB of 100 pairs (fresh processes)."""
     growth = peak_rss(1000) - peak_rss(100)
     assert growth < 50 * 2**20, f"peak memory grew by {growth / 2**20:.1f} MB from 100 to 1000 pairs"
+
+
+@pytest.mark.parametrize("batch_size", [0, -3])
+def test_non_positive_batch_size_is_refused_before_any_work(tiny, batch_size):
+    """Batch 0 ended in a bare range() error; batch -3 processed no pair and returned zero sums."""
+    with pytest.raises(ValueError, match=r"batch_size must be a positive integer \(pairs per forward pass\)"):
+        extract_contrastive(tiny, synthetic(4), batch_size=batch_size, progress=False)
+
+
+def test_example_dtype_must_be_a_float_dtype(tiny):
+    with pytest.raises(ValueError, match="example_dtype must be a floating torch dtype"):
+        extract_contrastive(tiny, synthetic(2), keep_examples=True, example_dtype=torch.int8, progress=False)
+
+
+def test_activations_record_their_settings(tiny):
+    acts = extract_contrastive(tiny, synthetic(3), layers=[0], batch_size=2, style="plain", progress=False)
+    assert acts.settings == {"batch_size": 2, "system": None, "style": "plain"}
+    assert acts.n_pairs == 3
+
+
+def test_a_checkpoint_of_other_weights_is_not_continued(tiny, tmp_path, monkeypatch):
+    """The run key includes the weights fingerprint: a same-shaped model's checkpoint is refused."""
+    from caa_lens import extraction
+    from caa_lens.resume import CheckpointMismatchError
+    from caa_lens.tiny import tiny_model
+
+    checkpoint = tmp_path / "run.ckpt"
+    real = extraction.save_state
+
+    def killed_after_saving(*args):
+        real(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extraction, "save_state", killed_after_saving)
+    with pytest.raises(KeyboardInterrupt):
+        extract_contrastive(
+            tiny_model(seed=1), synthetic(4), batch_size=2, checkpoint=checkpoint, progress=False
+        )
+    monkeypatch.undo()
+    assert checkpoint.exists()
+    with pytest.raises(CheckpointMismatchError, match="different settings"):
+        extract_contrastive(tiny, synthetic(4), batch_size=2, checkpoint=checkpoint, progress=False)

@@ -138,3 +138,19 @@ def test_invalid_generation_arguments_are_refused(tiny):
     with pytest.raises(ValueError, match="covers 40 positions"):
         generate(tiny, list(QUESTIONS), too_long)
     assert_no_hooks(tiny)
+
+
+def test_overflowing_multipliers_are_refused_before_any_pass(tiny, monkeypatch):
+    vector = make_vector(tiny)
+    calls = []
+    monkeypatch.setattr(tiny, "forward", lambda *a, **k: calls.append(a))
+    # 1e38 * |v| (about 8) overflows float32: every logit NaN, and argmax decodes token 0 forever.
+    with pytest.raises(ValueError, match=r"\[1e\+38\] times the norm .* float32"):
+        generate(tiny, ["Hi"], Injection(vector, 1, 1e38), max_new_tokens=2)
+    per_row = Injection(vector, 1, torch.tensor([0.0, 3e38]))
+    with pytest.raises(ValueError, match="float32"):
+        generate(tiny, ["Hi", "Rain?"], per_row, max_new_tokens=2)
+    assert not calls
+    monkeypatch.undo()
+    repeated = Injection(vector, 1, torch.tensor([2.0, 2.0]))  # per-row multipliers may repeat
+    assert len(generate(tiny, ["Hi", "Rain?"], repeated, max_new_tokens=1).texts) == 2

@@ -344,3 +344,62 @@ def test_actadd_equal_length_pair_and_hash(tiny):
     assert prompt_pair_hash(PromptPair("a", long + "1", "n")) != prompt_pair_hash(
         PromptPair("a", long + "2", "n")
     )
+
+
+def test_actadd_refuses_prompts_that_tokenise_alike(tiny):
+    """ "Love" and "Love " are the same tokens once the shorter is space-padded: an all-zero vector."""
+    pair = PromptPair("trailing-space", "Love", "Love ")
+    with pytest.raises(
+        ValueError, match=r"prompt pair 'trailing-space' .* all-zero difference .* layers \[0, 2\]"
+    ):
+        actadd_vector(tiny, pair, layers=[0, 2])
+
+
+def test_actadd_refuses_identical_texts(tiny):
+    # PromptPair refuses identical texts itself; a pair changed after construction must still be caught.
+    pair = PromptPair("same", "Love", "Hate")
+    object.__setattr__(pair, "negative", "Love")
+    with pytest.raises(ValueError, match=r"prompt pair 'same': positive and negative are the same text"):
+        actadd_vector(tiny, pair, layers=1)
+
+
+# ---------------------------------------------------------------------------------------------- arguments and provenance
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, True])
+def test_batch_size_must_be_a_positive_integer(tiny, dataset, batch_size):
+    """A batch size of -1 used to process no pair and return an all-zero vector claiming 8 pairs."""
+    with pytest.raises(ValueError, match=rf"batch_size must be a positive integer .* got {batch_size!r}"):
+        caa_vector(tiny, dataset, layers=[1], batch_size=batch_size, progress=False)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        extract_contrastive(tiny, dataset, layers=[1], batch_size=batch_size, progress=False)
+
+
+def test_provenance_records_the_settings_that_change_the_values(tiny, dataset):
+    vector = caa_vector(tiny, dataset, layers=[1], batch_size=3, progress=False)
+    assert vector.provenance.settings == {
+        "batch_size": 3,
+        "system": None,
+        "style": "auto",
+        "model_dtype": "float32",
+    }
+    acts = extract_contrastive(
+        tiny, dataset, layers=[1], batch_size=5, system="Be brief.", keep_examples=True,
+        example_dtype=torch.float16, progress=False,
+    )  # fmt: skip
+    settings = pca_vector(tiny, acts).provenance.settings
+    assert (settings["batch_size"], settings["system"], settings["example_dtype"]) == (
+        5,
+        "Be brief.",
+        "float16",
+    )
+    pair = PromptPair("love-hate", "Love", "Hate")
+    assert actadd_vector(tiny, pair, layers=1).provenance.settings["prepend_bos"] is True
+    assert actadd_vector(tiny, pair, layers=1, prepend_bos=False).provenance.settings["prepend_bos"] is False
+
+
+def test_provenance_records_the_weights_fingerprint(tiny, dataset):
+    from caa_lens.models import model_identity
+
+    vector = caa_vector(tiny, dataset, layers=[1], progress=False)
+    assert vector.provenance.model_weights_hash == model_identity(tiny).weights_hash != ""

@@ -1,6 +1,7 @@
 """Model loading: the embedded default against plain HF, local checkpoints, and a damaged cache."""
 
 import shutil
+import time
 import warnings
 
 import pytest
@@ -8,7 +9,17 @@ import torch
 
 from caa_lens import models
 from caa_lens.hooks import hook_name
-from caa_lens.models import CorruptCacheError, ModelFetchError, load_model, model_identity, verify_checkpoint
+from caa_lens.models import (
+    TINY_MODEL,
+    CorruptCacheError,
+    ModelFetchError,
+    ModelNotAvailableError,
+    check_model_spec,
+    load_model,
+    model_identity,
+    verify_checkpoint,
+    weights_fingerprint,
+)
 from caa_lens.prompts import format_prompt
 
 
@@ -36,6 +47,125 @@ def test_model_identity_distinguishes_shapes(tiny):
     other = tiny_model(d_model=32, n_heads=2, n_kv_heads=1)
     assert model_identity(tiny) != model_identity(other)
     assert model_identity(tiny) == model_identity(tiny)
+
+
+def test_weights_fingerprint_tells_seeds_apart_but_not_dtypes(tiny):
+    from caa_lens.tiny import tiny_model
+
+    mine = weights_fingerprint(tiny)
+    assert len(mine) == 16 and mine == weights_fingerprint(tiny)
+    assert weights_fingerprint(tiny_model(seed=1)) != mine
+    # Rounding never flips a sign: the same weights in half precision are the same model.
+    assert weights_fingerprint(tiny_model(dtype=torch.bfloat16)) == mine
+    assert weights_fingerprint(tiny_model(dtype=torch.float16)) == mine
+    perturbed = tiny_model()
+    with torch.no_grad():
+        first = next(p for p in perturbed.parameters() if p.dim() >= 2)
+        first.neg_()
+    assert weights_fingerprint(perturbed) != mine
+    assert model_identity(perturbed).weights_hash != model_identity(tiny).weights_hash
+
+
+def test_weights_fingerprint_is_cheap(tiny):
+    started = time.perf_counter()
+    for _ in range(20):
+        weights_fingerprint(tiny)
+    # About 0.3 ms on the tiny model and 3 ms on the 135M default (a bridge's parameters() walk
+    # dominates); 20 ms is a bound that a loaded CI machine still meets.
+    assert (time.perf_counter() - started) / 20 < 0.02
+
+
+# ---------------------------------------------------------------------------------------------- model names
+
+
+def test_tiny_by_name(tiny):
+    model = load_model(TINY_MODEL)
+    assert model_identity(model) == model_identity(tiny)
+    assert next(model.parameters()).device.type == "cpu"
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty Hugging Face cache, with the Hub declared offline."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(models, "_hub_reachable", _no_network)
+    return tmp_path / "hub"
+
+
+def _no_network(*args, **kwargs):
+    raise AssertionError("check_model_spec must not touch the network here")
+
+
+def cache_config(hub, repo_id: str) -> None:
+    """A Hugging Face cache entry for ``repo_id`` as huggingface_hub lays it out: refs and a snapshot."""
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "snapshots" / "0123abcd" / "config.json").write_text("{}")
+
+
+def test_unknown_name_offline_fails_at_once_in_one_line(offline_hub):
+    started = time.perf_counter()
+    with pytest.raises(ModelNotAvailableError) as caught:
+        check_model_spec("no-such-org/no-such-model")
+    with pytest.raises(ModelNotAvailableError):
+        load_model("no-such-org/no-such-model")
+    assert time.perf_counter() - started < 2
+    message = str(caught.value)
+    assert "\n" not in message and "HF_HUB_OFFLINE is set" in message
+    assert "hf download no-such-org/no-such-model" in message and "local checkpoint directory" in message
+    assert isinstance(caught.value, ModelFetchError)
+
+
+def test_unreachable_hub_fails_within_the_time_limit(tmp_path, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(models, "HUB_CHECK_TIMEOUT", 1.0)
+    # A server that takes connections and never answers: the check must give up on time.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        hanging = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        for endpoint in ("http://127.0.0.1:9", hanging):  # connection refused; no answer
+            monkeypatch.setenv("HF_ENDPOINT", endpoint)
+            started = time.perf_counter()
+            with pytest.raises(ModelNotAvailableError, match=rf"Hub \({endpoint}\) does not answer"):
+                check_model_spec("no-such-org/no-such-model")
+            assert time.perf_counter() - started < 1.5
+
+
+def test_cached_names_and_aliases_pass_offline(offline_hub):
+    cache_config(offline_hub, "some-org/some-model")
+    check_model_spec("some-org/some-model")
+    cache_config(offline_hub, "gpt2")
+    check_model_spec("gpt2-small")  # TransformerLens's deprecated alias of gpt2
+
+
+def test_built_in_and_local_models_pass_without_network(offline_hub, tmp_path):
+    from caa_lens.models import DEFAULT_MODEL
+
+    check_model_spec(DEFAULT_MODEL)
+    check_model_spec(TINY_MODEL)
+    checkpoint = tmp_path / "checkpoint"
+    checkpoint.mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no config\.json"):
+        check_model_spec(str(checkpoint))
+    (checkpoint / "config.json").write_text("{}")
+    check_model_spec(str(checkpoint))
+    gguf = tmp_path / "model.gguf"
+    with pytest.raises(ModelNotAvailableError, match="no such file or directory"):
+        check_model_spec(str(gguf))
+    gguf.write_bytes(b"GGUF")
+    check_model_spec(str(gguf))
+    with pytest.raises(ModelNotAvailableError, match=r"not a \.gguf file"):
+        check_model_spec(str(checkpoint / "config.json"))
+    with pytest.raises(ModelNotAvailableError, match="no such file or directory"):
+        check_model_spec(str(tmp_path / "missing" / "checkpoint"))
 
 
 def test_download_failure_is_clear(tmp_path, monkeypatch):

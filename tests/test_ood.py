@@ -130,3 +130,73 @@ def test_shared_open_ended_files_load(shared_data):
     files = sorted((shared_data / "ood" / "open-ended").rglob("*.json"))
     assert files
     assert all(len(load_ood_prompts(path)) > 0 for path in files)
+
+
+def test_run_ood_refuses_empty_or_overflowing_multipliers(tiny):
+    vector = SteeringVector(
+        torch.randn(4, 64, generator=torch.Generator().manual_seed(2)),
+        (0, 1, 2, 3),
+        make_provenance(tiny, "resid_post", "answer", "random", "t", "0", 1, torch.float32),
+    )
+    prompts = (OODPrompt("1", "Is it sunny?", "f.json"),)
+    # An empty list returned an empty frame, which the CLI wrote over the earlier output.
+    with pytest.raises(ValueError, match="no multipliers"):
+        run_ood(tiny, prompts, vector, 2, (), max_new_tokens=2, progress=False)
+    with pytest.raises(ValueError, match="float32"):
+        run_ood(tiny, prompts, vector, 2, (0.0, 1e38), max_new_tokens=2, progress=False)
+    with pytest.raises(ValueError, match="distinct"):
+        run_ood(tiny, prompts, vector, 2, (1.0, 1.0), max_new_tokens=2, progress=False)
+    with pytest.raises(ValueError, match="no prompts"):
+        run_ood(tiny, (), progress=False)
+
+
+def test_run_ood_checks_every_prompt_before_generating(tiny, monkeypatch):
+    import caa_lens.ood as ood
+
+    calls = []
+    monkeypatch.setattr(ood, "generate", lambda *a, **k: calls.append(a))
+    long = OODPrompt("q7", "Tell me more. " + "word " * 300, "prompts.json")
+    fits_alone = OODPrompt("q8", "Tell me more. " + "word " * 150, "prompts.json")
+    short = OODPrompt("q1", "Is it sunny?", "prompts.json")
+    message = r"prompts\.json: item with id 'q7' plus 4 new tokens: \d+ tokens exceed the model's context"
+    with pytest.raises(ValueError, match=message):
+        run_ood(tiny, (short, long), max_new_tokens=4, batch_size=1, progress=False)
+    assert len(format_prompt(tiny.tokenizer, fits_alone.prompt)) < 512
+    with pytest.raises(ValueError, match=r"id 'q8' plus 100 new tokens"):
+        run_ood(tiny, (short, fits_alone), max_new_tokens=100, batch_size=1, progress=False)
+    # The judge's rubric holds the prompt and the completion: it must fit the judge's context too.
+    judge = ModelJudgeScorer(tiny, "talk about the weather")
+    with pytest.raises(ValueError, match=r"id 'q8': the judge's behaviour rubric .* exceed"):
+        run_ood(tiny, (short, fits_alone), scorer=judge, max_new_tokens=4, batch_size=1, progress=False)
+    assert not calls
+
+
+def test_generations_file_recogniser_and_writer(tiny, tmp_path):
+    from caa_lens.ood import check_generations_output, is_generations_file, write_generations
+    from caa_lens.outputs import OutputError
+
+    prompts = (OODPrompt("1", "Is it sunny?", "f.json"), OODPrompt("2", "Hi", "f.json"))
+    frame = run_ood(tiny, prompts, max_new_tokens=2, scorer=KeywordScorer(("sun",)), progress=False)
+    out = write_generations(frame, tmp_path / "gen.jsonl")
+    assert is_generations_file(out)
+    assert [json.loads(line)["prompt_id"] for line in out.read_text().splitlines()] == ["1", "2"]
+    assert write_generations(frame, out) == out  # its own table is replaced
+    foreign = {
+        "dataset.json": json.dumps([{"id": 1, "prompt": "Hi"}]),
+        "rows.jsonl": '{"prompt_id": "1", "completion": "x"}\n',
+        "sweep.jsonl": '{"format": "caa_lens.sweep/1", "config": {}, "shard": [0, 1]}\n',
+        "empty.jsonl": "",
+    }
+    for name, content in foreign.items():
+        path = tmp_path / name
+        path.write_text(content)
+        assert not is_generations_file(path), name
+        with pytest.raises(OutputError, match="not a generations table written by caa_lens"):
+            check_generations_output(path)
+        with pytest.raises(OutputError):
+            write_generations(frame, path)
+        assert path.read_text() == content
+    assert check_generations_output(tmp_path / "new.jsonl") == tmp_path / "new.jsonl"
+    with pytest.raises(ValueError, match="0 rows"):
+        write_generations(frame.iloc[:0], tmp_path / "new.jsonl")
+    assert not (tmp_path / "new.jsonl").exists()

@@ -5,7 +5,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from analysis.cli import app
+from analysis.cli import app, main
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_rerun_skips_finished_stages(demo_dir):
 
 
 @pytest.mark.slow
-def test_figures_redrawn_from_saved_results(demo_dir, tmp_path):
+def test_figures_redrawn_from_saved_results(demo_dir, tmp_path, capsys):
     result = CliRunner().invoke(
         app, ["figures", str(demo_dir), "--out", str(tmp_path), "--kind", "sweep", "--kind", "pca"]
     )
@@ -67,5 +67,5 @@ def test_figures_redrawn_from_saved_results(demo_dir, tmp_path):
             "pca-sycophancy.png",
         ]
     )
-    bad = CliRunner().invoke(app, ["figures", str(demo_dir), "--kind", "nonsense"])
-    assert bad.exit_code != 0 and "unknown figure types" in bad.output
+    assert main(["figures", str(demo_dir), "--kind", "nonsense"]) == 2
+    assert "caa-lens: error: --kind nonsense: unknown figure type" in capsys.readouterr().err
