@@ -265,7 +265,10 @@ def _api_writers(tiny, vector) -> dict:
     return {
         "save_vector": (lambda path: save_vector(vector, path), "v.safetensors"),
         "save_vector sidecar": (lambda path: save_vector(vector, path.with_suffix("")), "v.safetensors.json"),
-        "export_control_vector_gguf": (lambda path: export_control_vector_gguf(vector.select([1, 2]), path), "v.gguf"),
+        "export_control_vector_gguf": (
+            lambda path: export_control_vector_gguf(vector.select([1, 2]), path),
+            "v.gguf",
+        ),
         "save_html": (lambda path: save_html(projection, path), "view.html"),
         "save_result": (lambda path: save_result(layer_similarity(vector), path.parent, "sim"), "sim.json"),
         "save_result table": (
