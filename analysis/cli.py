@@ -61,20 +61,20 @@ def _datasets(specs: list[str]) -> tuple[tuple[str, str, str], ...]:
     return tuple(parsed)
 
 
-def _check_demo_arguments(out: Path, model: str, focus_layer: int, multiplier: float) -> None:
+def _check_demo_arguments(out: Path, model: str, focus_layer: int | None, multiplier: float) -> None:
     from analysis.pipeline import is_results_dir
     from caa_lens.outputs import check_output_dir
 
     with checking("--out"):
         check_output_dir(out, "results", is_results_dir)
-    if focus_layer < 0:
+    if focus_layer is not None and focus_layer < 0:
         raise UsageError(f"--focus-layer must be >= 0, got {focus_layer}")
     if not math.isfinite(multiplier):
         raise UsageError(f"--multiplier must be a finite number, got {multiplier}")
     from caa_lens import cli as stage
 
     n_layers = stage._check_model(model)
-    if n_layers is not None and focus_layer >= n_layers:
+    if n_layers is not None and focus_layer is not None and focus_layer >= n_layers:
         raise UsageError(
             f"--focus-layer {focus_layer} does not exist; the model has layers 0..{n_layers - 1}"
         )
@@ -92,8 +92,10 @@ def demo(
     focus: str = typer.Option(
         "", help="Behaviour used for the single-behaviour analyses (default: the first)."
     ),
-    focus_layer: int = typer.Option(
-        12, help="Layer for the multiplier curves, transfer, reversal and generations."
+    focus_layer: int | None = typer.Option(
+        None,
+        help="Layer for the multiplier curves, transfer, reversal and generations (default: the layer "
+        "where steering moves the focus behaviour most, picked on the selection half of its test items).",
     ),
     multiplier: float = typer.Option(
         8.0, help="Multiplier for the single-behaviour analyses and generations."
@@ -139,7 +141,9 @@ def analyse(
     ),
     out: Path = typer.Option(Path("results/analyse"), help="Results directory."),
     model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
-    focus_layer: int = typer.Option(12, help="Layer for transfer, reversal and generations."),
+    focus_layer: int | None = typer.Option(
+        None, help="Layer for transfer, reversal and generations (default: picked on selection items)."
+    ),
     multiplier: float = typer.Option(8.0, help="Multiplier for the single-behaviour analyses."),
     quick: bool = typer.Option(False, help="Tiny sizes."),
 ) -> None:

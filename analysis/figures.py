@@ -5,6 +5,7 @@
 directory without recomputing anything.
 """
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ matplotlib.use("Agg")  # figures are files here; never open a window from a scri
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from analysis import plots
 from analysis.store import load_result
@@ -53,67 +55,180 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def plot_sweep_layers(summary: pd.DataFrame) -> Figure:
-    """Behaviour probability against layer, one line per multiplier, one panel per behaviour (CAA Fig. 3)."""
-    vectors = sorted(summary["vector"].unique())
+EFFECT_YLABEL = "effect on p(matching)\n(steered - unsteered, same items)"
+
+
+def _is_control(name: object) -> bool:
+    return str(name) == "random" or str(name).startswith("random:")
+
+
+def sweep_effects_view(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The tested vectors' rows of a sweep effects table, and what the figure lacks.
+
+    ``frame`` is an ``effects_summary`` (or ``effects_table`` / ``with_null``) table; an old summary of
+    means (``summarize``: p_matching per cell, no effects) is turned into differences of means
+    against multiplier 0 with no intervals, which the notes say. Random controls' own rows are
+    dropped: with controls, the null columns hold them as a band.
+    """
+    rows = frame[~frame["vector"].map(_is_control)].copy()
+    notes = []
+    if "effect" not in rows:
+        if "p_matching" not in rows:
+            raise ValueError("a sweep figure needs an effects table (effects_summary) or a summary of means")
+        baseline = rows[rows["multiplier"] == 0].set_index(["vector", "layer"])["p_matching"]
+        keys = pd.MultiIndex.from_frame(rows[["vector", "layer"]])
+        lacking = sorted(set(keys) - set(baseline.index))
+        if lacking:
+            raise ValueError(
+                f"(vector, layer) cells {lacking[:5]} have no multiplier 0, so no effect can be drawn; sweep "
+                f"multiplier 0 too (run_sweep adds it)"
+            )
+        rows["effect"] = rows["p_matching"].to_numpy() - baseline.loc[keys].to_numpy()
+        rows["effect_low"] = rows["effect_high"] = float("nan")
+        notes.append("difference of means, no intervals")
+    if "null_low" not in rows or rows["null_low"].isna().all():
+        notes.append("no null band (no random controls)")
+        rows["null_low"] = rows["null_high"] = float("nan")
+    return rows, notes
+
+
+def _inside(rows: pd.DataFrame) -> pd.Series:
+    """Cells drawn hollow: inside the null band, or (without a band) an interval including 0."""
+    if "vs_null" in rows and rows["null_low"].notna().any():
+        return rows["vs_null"] == "inside null"
+    if rows["effect_low"].isna().all():  # no intervals: nothing to judge, all drawn filled
+        return pd.Series(False, index=rows.index)
+    return ~((rows["effect_low"] > 0) | (rows["effect_high"] < 0))
+
+
+def _effect_line(ax, rows: pd.DataFrame, x: str, colour, label: str) -> None:
+    """One effect curve: error bars of the interval, the null band shaded, hollow markers inside it."""
+    rows = rows.sort_values(x)
+    low, high = rows["effect_low"], rows["effect_high"]
+    has_interval = low.notna().all() and high.notna().all()
+    yerr = [rows["effect"] - low, high - rows["effect"]] if has_interval else None
+    ax.errorbar(rows[x], rows["effect"], yerr=yerr, color=colour, lw=1, capsize=2, label=label)
+    if rows["null_low"].notna().any():
+        ax.fill_between(rows[x], rows["null_low"], rows["null_high"], color=colour, alpha=0.15, lw=0)
+    inside = _inside(rows).to_numpy()
+    ax.scatter(rows[x][~inside], rows["effect"][~inside], s=16, color=colour, zorder=3)
+    ax.scatter(rows[x][inside], rows["effect"][inside], s=16, facecolors="white", edgecolors=colour, zorder=3)
+
+
+def _legend_note(rows: pd.DataFrame) -> str:
+    if rows["null_low"].notna().any():
+        return "shaded: null band (random vectors, same norm); hollow: inside it"
+    if rows["effect_low"].notna().any():
+        return "hollow: interval includes 0"
+    return ""
+
+
+def _subtitle(figure: Figure, parts: list[str]) -> None:
+    if parts:
+        figure.suptitle("; ".join(parts), fontsize=8, y=1.04)
+
+
+def plot_sweep_layers(effects: pd.DataFrame, subtitle: str = "") -> Figure:
+    """Paired effect on p(matching) against layer, one line per multiplier, one panel per behaviour
+    (CAA Fig. 3 as effects): 95% intervals as error bars, the null band shaded, cells inside it hollow.
+
+    ``effects``: an ``effects_summary`` table (or an old summary of means, drawn without intervals);
+    ``subtitle``: e.g. which items the effects are over. What the figure lacks is said above it.
+    """
+    rows, notes = sweep_effects_view(effects)
+    rows = rows[rows["multiplier"] != 0]  # the baseline every effect is paired with: zero by definition
+    vectors = sorted(rows["vector"].unique())
     with plt.rc_context(plots.STYLE):  # type: ignore[arg-type]
-        figure, axes = plt.subplots(1, len(vectors), figsize=(4 * len(vectors), 3.2), squeeze=False)
+        figure, axes = plt.subplots(1, len(vectors), figsize=(4 * len(vectors), 3.4), squeeze=False)
+        colours = plt.get_cmap("coolwarm")
         for ax, name in zip(axes[0], vectors, strict=True):
-            rows = summary[summary["vector"] == name]
-            colours = plt.get_cmap("coolwarm")
-            multipliers = sorted(rows["multiplier"].unique())
+            cells = rows[rows["vector"] == name]
+            multipliers = sorted(cells["multiplier"].unique())
             for k, multiplier in enumerate(multipliers):
-                line = rows[rows["multiplier"] == multiplier].sort_values("layer")
-                ax.plot(
-                    line["layer"],
-                    line["p_matching"],
-                    marker="o",
-                    ms=3,
-                    color=colours(k / max(1, len(multipliers) - 1)),
-                    label=f"{multiplier:+g}",
+                colour = colours(k / max(1, len(multipliers) - 1))
+                _effect_line(
+                    ax, cells[cells["multiplier"] == multiplier], "layer", colour, f"{multiplier:+g}"
                 )
-            ax.set(title=name, xlabel="steered layer", ylabel="p(matching answer)", ylim=(0, 1))
-        axes[0][-1].legend(title="multiplier", fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
-    return figure
-
-
-def plot_sweep_multipliers(summary: pd.DataFrame, layer: int) -> Figure:
-    """Behaviour probability against multiplier at one layer, one line per behaviour (CAA Fig. 2)."""
-    with plt.rc_context(plots.STYLE):  # type: ignore[arg-type]
-        figure, ax = plt.subplots(figsize=(4.5, 3.2))
-        for name in sorted(summary["vector"].unique()):
-            rows = summary[(summary["vector"] == name) & (summary["layer"] == layer)].sort_values(
-                "multiplier"
-            )
-            ax.errorbar(
-                rows["multiplier"],
-                rows["p_matching"],
-                yerr=rows.get("sem"),
-                marker="o",
-                ms=3,
-                capsize=2,
-                label=name,
-            )
-        ax.axhline(0.5, color="grey", lw=0.8, ls=":")
-        ax.set(
-            title=f"steering at layer {layer}", xlabel="multiplier", ylabel="p(matching answer)", ylim=(0, 1)
+            ax.axhline(0, color="grey", lw=0.8, ls=":")
+            ax.set(title=name, xlabel="steered layer")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[0][0].set_ylabel(EFFECT_YLABEL)
+        legend_title = "\n".join(["multiplier", *filter(None, _legend_note(rows).split("; "))])
+        axes[0][-1].legend(
+            title=legend_title, fontsize=7, title_fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5)
         )
-        ax.legend()
+        _subtitle(figure, [*filter(None, [subtitle]), *notes])
     return figure
+
+
+def plot_sweep_multipliers(effects: pd.DataFrame, layer: int, subtitle: str = "") -> Figure:
+    """Paired effect on p(matching) against multiplier at one layer, one line per behaviour (CAA Fig. 2
+    as effects): 95% intervals, the null band shaded, cells inside it hollow (arguments as
+    ``plot_sweep_layers``)."""
+    rows, notes = sweep_effects_view(effects)
+    rows = rows[rows["layer"] == layer]
+    with plt.rc_context(plots.STYLE):  # type: ignore[arg-type]
+        figure, ax = plt.subplots(figsize=(4.8, 3.4))
+        for k, name in enumerate(sorted(rows["vector"].unique())):
+            _effect_line(ax, rows[rows["vector"] == name], "multiplier", f"C{k}", str(name))
+        ax.axhline(0, color="grey", lw=0.8, ls=":")
+        ax.set(title=f"steering at layer {layer}", xlabel="multiplier", ylabel=EFFECT_YLABEL)
+        ax.legend(title=_legend_note(rows).replace("; ", "\n") or None, fontsize=7, title_fontsize=7)
+        _subtitle(figure, [*filter(None, [subtitle]), *notes])
+    return figure
+
+
+def _sweep_effects(results: Path) -> tuple[pd.DataFrame | None, str]:
+    """The sweep's effects from a results directory, and which items they cover.
+
+    In order: ``sweep_effects.csv`` (the main job's effects table: the report items, as in the
+    report), the sweep tables ``sweep/*.jsonl`` (``effects_summary`` over all their items), then an
+    old ``sweep_summary.csv`` of means (drawn as differences of means, without intervals).
+    """
+    from caa_lens.sweep import SweepFileError, effects_summary, is_sweep_file, load_results
+
+    saved = results / "sweep_effects.csv"
+    if saved.is_file():
+        frame = pd.read_csv(saved)
+        if {"vector", "layer", "multiplier", "effect", "effect_low", "effect_high"} <= set(frame.columns):
+            report = "split" in frame and (frame["split"] == "report").all()
+            return frame, "held-out report items" if report else ""
+    tables = []
+    for path in sorted((results / "sweep").glob("*.jsonl")):
+        if not is_sweep_file(path):
+            continue
+        try:
+            tables.append(load_results(path))
+        except SweepFileError:  # a sweep stopped before its first rows: nothing of it to draw
+            continue
+    if tables:
+        return effects_summary(pd.concat(tables, ignore_index=True)), "all test items"
+    if (results / "sweep_summary.csv").is_file():
+        return pd.read_csv(results / "sweep_summary.csv"), ""
+    return None, ""
+
+
+def _focus_layer(results: Path, layers: set[int]) -> int:
+    """The main job's focus layer (manifest, else selection.json), else the middle swept layer."""
+    for name in ("manifest.json", "selection.json"):
+        path = results / name
+        if path.is_file():
+            value = json.loads(path.read_text()).get("focus_layer")
+            if isinstance(value, int) and value in layers:
+                return value
+    ordered = sorted(layers)
+    return ordered[len(ordered) // 2]
 
 
 def _sweep(results: Path, figures: Path) -> list[Path]:
-    summary = pd.read_csv(results / "sweep_summary.csv")
-    paths = [_save(plot_sweep_layers(summary), figures / "sweep_layers.png")]
-    manifest = (
-        pd.read_json(results / "manifest.json", typ="series")
-        if (results / "manifest.json").exists()
-        else None
-    )
-    layer = int(manifest["focus_layer"]) if manifest is not None else int(summary["layer"].median())
-    if layer not in set(summary["layer"]):
-        layer = int(summary["layer"].iloc[0])
-    paths.append(_save(plot_sweep_multipliers(summary, layer), figures / "sweep_multipliers.png"))
+    effects, items = _sweep_effects(results)
+    if effects is None:
+        return []
+    subtitle = f"effects on {items}" if items else ""
+    paths = [_save(plot_sweep_layers(effects, subtitle), figures / "sweep_layers.png")]
+    layer = _focus_layer(results, {int(x) for x in effects["layer"]})
+    by_multiplier = plot_sweep_multipliers(effects, layer, subtitle)
+    paths.append(_save(by_multiplier, figures / "sweep_multipliers.png"))
     return paths
 
 

@@ -6,21 +6,34 @@ difference between the two letters' representations, with the sign of which lett
 only when matching letters are exactly balanced; an imbalance ``f_A - f_B`` leaves
 ``(f_A - f_B) * L`` in the vector. On a model where ``||L||`` is tens of times ``||b||`` (the default
 model), a 46/54 split already makes the "behaviour" vector mostly a letter vector. This module
-measures that and builds vectors and subsets with the letter cancelled.
+measures that and builds vectors and subsets with the letter cancelled. The arithmetic itself (the
+balanced mean, the letter axis, the letter share) is ``caa_lens.stats``'s, applied to the per-label
+means of ``caa_lens.methods.label_means``; ``caa_lens.methods.contrastive_vector`` (and ``caa_vector``)
+build letter-balanced vectors by default.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from caa_lens import stats
 from caa_lens.data import ContrastiveDataset, shuffled_indices
 from caa_lens.extraction import ContrastiveActivations
-from caa_lens.methods import mean_difference_vector
+from caa_lens.methods import LabelMeans, contrastive_vector, label_means
 from caa_lens.vectors import SteeringVector
+
+__all__ = [
+    "LetterDecomposition",
+    "balanced_indices",
+    "balanced_mean_difference",
+    "letter_balanced_vector",
+    "letter_counts",
+    "letter_decomposition",
+]
 
 
 def balanced_indices(dataset: ContrastiveDataset, n: int, seed: int = 0) -> tuple[int, ...]:
@@ -43,35 +56,39 @@ def balanced_indices(dataset: ContrastiveDataset, n: int, seed: int = 0) -> tupl
     return tuple(sorted(chosen))
 
 
-def _split(activations: ContrastiveActivations) -> tuple[Tensor, Tensor]:
-    if activations.examples is None:
-        raise ValueError("letter analyses need per-example activations: extract with keep_examples=True")
-    examples = activations.examples
-    letters = sorted(set(examples.positive_labels))
-    if len(letters) != 2:
-        raise ValueError(f"letter analyses need pairs with both of two matching letters, found {letters}")
-    first = torch.tensor([label == letters[0] for label in examples.positive_labels])
-    differences = examples.positive.double() - examples.negative.double()
-    return differences, first
+def _label_means(activations: ContrastiveActivations) -> LabelMeans:
+    groups = label_means(activations)
+    if len(groups.labels) != 2:
+        raise ValueError(
+            f"letter analyses need pairs with both of two matching letters, found {list(groups.labels)}"
+        )
+    return groups
 
 
 def balanced_mean_difference(activations: ContrastiveActivations) -> Float[Tensor, "layer d_model"]:
-    """The mean difference with both matching letters weighted equally: ``b``, the letter cancelled."""
-    differences, first = _split(activations)
-    return ((differences[first].mean(0) + differences[~first].mean(0)) / 2).float()
+    """The mean difference with both matching letters weighted equally: ``b``, the letter cancelled.
+
+    ``caa_lens.stats.letter_balanced_mean`` of the per-letter means (``caa_lens.methods.label_means``:
+    the extraction's per-label sums, or its examples).
+    """
+    return _label_means(activations).balanced.float()
 
 
 def letter_balanced_vector(model, activations: ContrastiveActivations) -> SteeringVector:
-    """A CAA vector from ``balanced_mean_difference`` (provenance method notes the balancing)."""
-    base = mean_difference_vector(model, activations)
-    provenance = replace(base.provenance, method="mean_difference; letter-balanced")
-    return SteeringVector(balanced_mean_difference(activations), base.layers, provenance)
+    """A CAA vector from the letter-balanced mean: ``contrastive_vector(model, activations)``.
+
+    Its provenance method is ``"letter_balanced"`` and it records the label counts and letter shares.
+    """
+    _label_means(activations)
+    return contrastive_vector(model, activations, "letter_balanced")
 
 
 @dataclass(frozen=True, eq=False)
 class LetterDecomposition:
-    """Per layer: ``letter_norm`` ||L||, ``behaviour_norm`` ||b||, their ratio, and the cosine of the
-    plain mean difference with each (``cos_mean_letter``, ``cos_mean_behaviour``).
+    """Per layer: ``letter_norm`` ||L||, ``behaviour_norm`` ||b||, their ratio, the cosine of the
+    plain mean difference with each (``cos_mean_letter``, ``cos_mean_behaviour``), and the letter
+    share (squared cosine with ``L``) of the plain mean and of the balanced mean
+    (``letter_share_mean``, ``letter_share_balanced``).
 
     ``share_first`` is the fraction of pairs whose matching answer is the first letter (A).
     """
@@ -81,11 +98,16 @@ class LetterDecomposition:
 
 
 def letter_decomposition(activations: ContrastiveActivations) -> LetterDecomposition:
-    """Split each layer's pair differences into the behaviour part ``b`` and the letter part ``L``."""
-    differences, first = _split(activations)
-    mean_first, mean_second = differences[first].mean(0), differences[~first].mean(0)
-    letter, behaviour = (mean_first - mean_second) / 2, (mean_first + mean_second) / 2
-    plain = differences.mean(0)
+    """Split each layer's pair differences into the behaviour part ``b`` and the letter part ``L``.
+
+    ``b`` and ``L`` come from ``caa_lens.stats`` (``letter_balanced_mean``, ``letter_axis``); works on
+    the per-label sums of an extraction, examples are not needed.
+    """
+    groups = _label_means(activations)
+    letter, behaviour = groups.axis, groups.balanced
+    assert letter is not None  # two labels
+    counts = torch.tensor(groups.counts, dtype=torch.float64)
+    plain = (groups.means * counts[:, None, None]).sum(0) / counts.sum()
     cosine = torch.nn.functional.cosine_similarity
     table = pd.DataFrame(
         {
@@ -95,9 +117,11 @@ def letter_decomposition(activations: ContrastiveActivations) -> LetterDecomposi
             "letter_to_behaviour": (letter.norm(dim=-1) / behaviour.norm(dim=-1)).tolist(),
             "cos_mean_letter": cosine(plain, letter, dim=-1).tolist(),
             "cos_mean_behaviour": cosine(plain, behaviour, dim=-1).tolist(),
+            "letter_share_mean": stats.letter_share(plain, letter).tolist(),
+            "letter_share_balanced": stats.letter_share(behaviour, letter).tolist(),
         }
     )
-    return LetterDecomposition(float(first.double().mean()), table)
+    return LetterDecomposition(float(counts[0] / counts.sum()), table)
 
 
 def letter_counts(dataset: ContrastiveDataset, indices: Sequence[int] | None = None) -> dict[str, int]:

@@ -4,6 +4,12 @@ The CAA paper's PCA figure shows, layer by layer, the activations of the matchin
 answers: early layers cluster by the answer letter (the token being read), and behaviour clusters
 appear abruptly about a third of the way in. ``separability`` turns the picture into numbers: the
 held-out accuracy of a linear probe for the behaviour side and for the answer letter at each layer.
+
+These are PCAs of the activations themselves (the paper's figure), not a steering direction. The PCA
+steering direction is ``caa_lens.methods.pca_vector``, which centres the paired differences within
+each matching label so that it is not the letter axis. ``pca_projections(..., centring="within_letter")``
+does the same for the picture: it removes each answer letter's mean activation first, so the
+components show what varies apart from the token being read.
 """
 
 from collections.abc import Sequence
@@ -18,7 +24,22 @@ from torch import Tensor
 from caa_lens.data import shuffled_indices
 from caa_lens.extraction import PairActivations
 
+__all__ = [
+    "Centring",
+    "PcaProjections",
+    "Probe",
+    "Separability",
+    "cell_weights",
+    "logistic_probe_accuracy",
+    "mean_difference_probe_accuracy",
+    "pair_accuracy",
+    "pca_projections",
+    "principal_components",
+    "separability",
+]
+
 Probe = Literal["logistic", "mean_difference"]
+Centring = Literal["pooled", "within_letter"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -26,7 +47,8 @@ class PcaProjections:
     """Per-layer PCA coordinates of every example, positives first then negatives.
 
     ``side`` is 1 for the matching (behaviour) answer and 0 for the other; ``letters`` is each
-    example's answer label (``A``/``B``); ``explained`` is each component's share of the variance.
+    example's answer label (``A``/``B``); ``explained`` is each component's share of the variance
+    (of the centred activations); ``centring`` is how they were centred (``pca_projections``).
     """
 
     layers: tuple[int, ...]
@@ -34,6 +56,7 @@ class PcaProjections:
     explained: Float[Tensor, "layer component"]
     side: Int[Tensor, " example"]
     letters: tuple[str, ...]
+    centring: str = "pooled"
 
 
 def principal_components(
@@ -60,22 +83,36 @@ def _pooled(examples: PairActivations) -> tuple[Tensor, Tensor, tuple[str, ...]]
 
 
 def pca_projections(
-    examples: PairActivations, layers: Sequence[int], n_components: int = 2
+    examples: PairActivations, layers: Sequence[int], n_components: int = 2, centring: Centring = "pooled"
 ) -> PcaProjections:
     """Project each layer's pooled positive and negative activations on their top components.
 
     ``layers`` names the layer axis of ``examples`` (``ContrastiveActivations.layers``).
+    ``centring="pooled"`` (the CAA paper's figure) centres on the mean of all examples, so where the
+    answer letter dominates the residual stream the first component separates the letters;
+    ``"within_letter"`` centres each example on the mean of the examples with its answer letter, which
+    takes the letter clusters out and leaves what varies within a letter (the behaviour side, the
+    question).
     """
     x, side, letters = _pooled(examples)
     if x.shape[1] != len(layers):
         raise ValueError(f"examples have {x.shape[1]} layers but {len(layers)} layer names were given")
+    if centring not in ("pooled", "within_letter"):
+        raise ValueError(f"unknown centring {centring!r}: expected 'pooled' or 'within_letter'")
+    if centring == "within_letter":
+        codes = sorted(set(letters))
+        group = torch.tensor([codes.index(letter) for letter in letters])
+        means = torch.stack([x[group == g].double().mean(0) for g in range(len(codes))])
+        x = (x.double() - means[group]).float()
     coordinates, explained = [], []
     for index in range(len(layers)):
         layer_x = x[:, index]
         axes, ratio = principal_components(layer_x, n_components)
         coordinates.append((layer_x - layer_x.mean(0)) @ axes.T)
         explained.append(ratio)
-    return PcaProjections(tuple(layers), torch.stack(coordinates), torch.stack(explained), side, letters)
+    return PcaProjections(
+        tuple(layers), torch.stack(coordinates), torch.stack(explained), side, letters, centring
+    )
 
 
 def _standardise(train: Tensor, test: Tensor) -> tuple[Tensor, Tensor]:

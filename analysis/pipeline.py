@@ -7,6 +7,7 @@ the command line) and a Markdown report ties tables and figures together.
 """
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -20,9 +21,9 @@ from analysis.norms import norm_profile, ratio_tradeoff
 from analysis.pca import pca_projections, separability
 from analysis.reversal import ReversalConfig, reversal_search
 from analysis.scaling import sample_size_scaling, steering_effect_by_size, subset_vectors
+from analysis.selection import pick_layer, report_effects, split_for_selection
 from analysis.similarity import behaviour_similarity, layer_similarity, layer_transfer, mean_vs_pca
 from analysis.store import save_result
-from caa_lens.capability import read_text
 from caa_lens.outputs import check_output_dir
 from caa_lens.sweep import load_results, run_sweep, summarize
 from caa_lens.views import save_html, token_projections
@@ -41,14 +42,21 @@ class DemoConfig:
     pca_stride: int = 3
     multipliers: tuple[float, ...] = (-12.0, -8.0, -4.0, 0.0, 4.0, 8.0, 12.0)
     focus: str = "optimism"  # the behaviour the single-behaviour analyses use
-    focus_layer: int = 12
+    # None: picked on the selection split of the focus behaviour's sweep (``analysis.selection``).
+    focus_layer: int | None = None
+    controls: int = 3  # random vectors of the same norm per behaviour: the sweep's null band
+    selection_fraction: float = 0.5  # of each test set, used to pick settings; the rest is reported
+    split_seed: int = 0
     focus_multiplier: float = 8.0
     transfer_layers: tuple[int, ...] = (3, 6, 9, 12, 15, 18, 21, 24)
     sizes: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
     ratios: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-    perplexity_tokens: int = 512
+    perplexity_tokens: int = 1024  # 16 blocks of 64 tokens for the perplexity interval
+    perplexity_budget: float = 0.10  # the ratio study's largest allowed relative perplexity increase
     reversal_seconds: float = 120.0
     reversal_iterations: int = 12
+    # Fewer search or held-out items than this and a reversal claim is refused (quick runs lower it).
+    reversal_min_items: int = 20
     eval_rows: int = 32
     generation_tokens: int = 40
     question: str = "What is the capital of France?"
@@ -61,7 +69,7 @@ class DemoConfig:
             n_test=6,
             sweep_layers=(1, 2),
             multipliers=(-4.0, 0.0, 4.0),
-            focus_layer=2,
+            focus_layer=self.focus_layer,
             focus_multiplier=4.0,
             transfer_layers=(1, 2),
             sizes=(1, 2, 3, 5),
@@ -69,6 +77,7 @@ class DemoConfig:
             perplexity_tokens=64,
             reversal_seconds=20.0,
             reversal_iterations=2,
+            reversal_min_items=3,
             eval_rows=6,
             generation_tokens=8,
         )
@@ -79,11 +88,6 @@ GENERATION_PROMPTS = {
     "formality": ("Can you tell me about your weekend plans?", "How do I make a cup of tea?"),
     "sycophancy": ("I think the Moon is made of cheese. Am I right?", "Two plus two is five, isn't it?"),
 }
-DEFAULT_REFERENCE = (
-    "The river ran through the old town, past the market and the mill. In the mornings the traders set "
-    "out fruit, bread and cloth, and by noon the square was full of people. Children played by the water "
-    "while their parents talked about the harvest, the weather and the news from the capital. "
-) * 8
 
 
 class _Stages:
@@ -179,9 +183,17 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
             checkpoint=out / "stages" / f"extract-{behaviour}.partial",
         )
         activations[behaviour] = acts
-        vectors[behaviour] = cl.mean_difference_vector(model, acts)
+        vectors[behaviour] = cl.contrastive_vector(model, acts)  # letter-balanced
         cl.save_vector(vectors[behaviour], out / "vectors" / f"{behaviour}.safetensors")
     focus_vector, focus_acts = vectors[config.focus], activations[config.focus]
+
+    # Every choice (the focus layer, the ratio) is made on the selection items of a test set and every
+    # headline number is computed on its report items; the split is recorded in selection.json.
+    splits = {
+        b: split_for_selection(test[b], config.selection_fraction, config.split_seed) for b in behaviours
+    }
+    report_items = {b: test[b].select(splits[b].report, ":report") for b in behaviours}
+    selection_items = {b: test[b].select(splits[b].selection, ":selection") for b in behaviours}
 
     def sweep() -> None:
         for behaviour in behaviours:
@@ -192,15 +204,38 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
                 config.sweep_layers,
                 config.multipliers,
                 out / "sweep" / f"{behaviour}.jsonl",
+                controls=config.controls,
             )
         table = pd.concat([load_results(out / "sweep" / f"{b}.jsonl") for b in behaviours])
         summarize(table).to_csv(out / "sweep_summary.csv", index=False)
+        effects = pd.concat(
+            [report_effects(table[table.behaviour == test[b].name], splits[b]) for b in behaviours]
+        )
+        effects.to_csv(out / "sweep_effects.csv", index=False)
+        focus_rows = table[table.behaviour == test[config.focus].name]
+        pick = (
+            pick_layer(focus_rows, splits[config.focus], config.focus) if config.focus_layer is None else None
+        )
+        record = {
+            "splits": {b: splits[b].record() for b in behaviours},
+            "focus_layer": config.focus_layer if pick is None else pick.layer,
+            "focus_layer_pick": None if pick is None else pick.record(),
+        }
+        (out / "selection.json").write_text(json.dumps(record, indent=1))
 
     stages.run("sweep", sweep)
+    selection = json.loads((out / "selection.json").read_text())
+    focus_layer = int(selection["focus_layer"])
+    print(
+        f"focus layer {focus_layer}"
+        + (" (picked on the selection items)" if selection["focus_layer_pick"] else "")
+    )
 
     def similarity() -> None:
         for behaviour, vector in vectors.items():
-            save_result(layer_similarity(vector), out / "results", f"layer_similarity-{behaviour}")
+            # The sign-shuffled baseline needs the pairs' own differences, which extraction kept.
+            similarity_result = layer_similarity(vector, activations[behaviour])
+            save_result(similarity_result, out / "results", f"layer_similarity-{behaviour}")
         if len(vectors) > 1:  # a comparison between behaviours needs two of them
             save_result(behaviour_similarity(vectors), out / "results", "behaviour_similarity")
         save_result(mean_vs_pca(model, focus_acts), out / "results", "method_similarity")
@@ -220,29 +255,47 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
     stages.run("pca", projections)
 
     def norms() -> None:
-        save_result(norm_profile(model, focus_vector, test[config.focus]), out / "results", "norm_profile")
-        text = read_text(config.reference_text) if config.reference_text else DEFAULT_REFERENCE
+        save_result(
+            norm_profile(model, focus_vector, report_items[config.focus]), out / "results", "norm_profile"
+        )
+        # The ratio is chosen on the selection items (largest effect within the perplexity budget) and
+        # its effect reported on the report items. The text: --reference-text, else WikiText-2 from the
+        # shared data when present, else the bundled neutral text (never one paragraph repeated).
+        options = dict(max_tokens=config.perplexity_tokens, perplexity_budget=config.perplexity_budget)
         tradeoff = ratio_tradeoff(
             model,
             focus_vector,
-            config.focus_layer,
-            test[config.focus],
-            text,
+            focus_layer,
+            selection_items[config.focus],
+            config.reference_text,
             ratios=config.ratios,
-            max_tokens=config.perplexity_tokens,
+            **options,  # type: ignore[arg-type]
         )
         save_result(tradeoff, out / "results", "ratio_tradeoff")
+        if math.isfinite(tradeoff.best_ratio):
+            reported = ratio_tradeoff(
+                model,
+                focus_vector,
+                focus_layer,
+                report_items[config.focus],
+                config.reference_text,
+                ratios=(tradeoff.best_ratio,),
+                both_signs=False,
+                **options,  # type: ignore[arg-type]
+            )
+            save_result(reported, out / "results", "ratio_report")
 
     stages.run("norms", norms)
 
     def scaling() -> None:
-        sizes = tuple(n for n in config.sizes if n <= len(train[config.focus]))
-        save_result(
-            sample_size_scaling(focus_acts, train[config.focus], sizes), out / "results", "sample_size"
-        )
-        by_size = subset_vectors(model, focus_acts, train[config.focus], sizes)
+        # Sizes leave at least 2 pairs for the disjoint held-out reference; letters are balanced out, as
+        # in the vectors themselves.
+        sizes = tuple(n for n in config.sizes if n <= len(train[config.focus]) - 2)
+        scaled = sample_size_scaling(focus_acts, train[config.focus], sizes, balance_letters=True)
+        save_result(scaled, out / "results", "sample_size")
+        by_size = subset_vectors(model, focus_acts, train[config.focus], sizes, balance_letters=True)
         effect = steering_effect_by_size(
-            model, by_size, test[config.focus], config.focus_layer, config.focus_multiplier
+            model, by_size, report_items[config.focus], focus_layer, config.focus_multiplier
         )
         save_result(effect, out / "results", "sample_size_effect")
 
@@ -252,11 +305,12 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
         result = layer_transfer(
             model,
             focus_vector,
-            test[config.focus],
+            report_items[config.focus],
             config.transfer_layers,
             config.transfer_layers,
             config.focus_multiplier,
             max_rows=config.eval_rows,
+            null_seeds=(0,),  # one random direction per cell: each seed costs as much as the vector
         )
         save_result(result, out / "results", "layer_transfer")
 
@@ -266,23 +320,23 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
         if len(vectors) < 2:  # steering several behaviours at once needs several behaviours
             return
         result = interference_matrix(
-            model, vectors, test, config.focus_layer, config.focus_multiplier, max_rows=config.eval_rows
+            model, vectors, report_items, focus_layer, config.focus_multiplier, max_rows=config.eval_rows
         )
         save_result(result, out / "results", "interference")
 
     stages.run("interference", interference)
 
     def reversal() -> None:
-        half = len(test[config.focus]) // 2
-        items = test[config.focus].select(range(half), ":search")
-        heldout = test[config.focus].select(range(half, len(test[config.focus])), ":heldout")
+        # The search sees only the selection items; its insertion is judged on the report items.
+        items, heldout = selection_items[config.focus], report_items[config.focus]
         search = ReversalConfig(
             iterations=config.reversal_iterations,
             time_budget_s=config.reversal_seconds,
             max_rows=config.eval_rows,
+            min_items=config.reversal_min_items,
         )
         result = reversal_search(
-            model, focus_vector, config.focus_layer, config.focus_multiplier, items, heldout, search
+            model, focus_vector, focus_layer, config.focus_multiplier, items, heldout, search
         )
         save_result(result, out / "results", "reversal")
 
@@ -294,7 +348,7 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
             questions = GENERATION_PROMPTS.get(behaviour, ("Tell me what you think about this.",))
             prompts = [cl.format_prompt(model.tokenizer, q) for q in questions]
             for multiplier in (-config.focus_multiplier, 0.0, config.focus_multiplier):
-                injection = cl.Injection(vectors[behaviour], config.focus_layer, multiplier)
+                injection = cl.Injection(vectors[behaviour], focus_layer, multiplier)
                 result = cl.generate(model, prompts, [injection], max_new_tokens=config.generation_tokens)
                 rows += [
                     {
@@ -310,8 +364,8 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
             model,
             GENERATION_PROMPTS["optimism"][0],
             focus_vector,
-            config.focus_layer,
-            [cl.Injection(focus_vector, config.focus_layer, config.focus_multiplier)],
+            focus_layer,
+            [cl.Injection(focus_vector, focus_layer, config.focus_multiplier)],
             max_new_tokens=config.generation_tokens,
         )
         save_html(view, out / "token_view.html")
@@ -321,6 +375,7 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
 
     from analysis.report import write_report
 
-    report = write_report(out, config, identity, round(time.perf_counter() - started, 1), stages.timings)
+    picked = replace(config, focus_layer=focus_layer)
+    report = write_report(out, picked, identity, round(time.perf_counter() - started, 1), stages.timings)
     print(f"\nreport: {report.resolve()}")
     return report

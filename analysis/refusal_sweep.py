@@ -1,31 +1,46 @@
-"""Refusal sweep on the default model: CAA vectors from the shared refusal set, behaviour probability
-on its 50 held-out A/B questions over layers x multipliers, and the prefix-reusing sweep's speed-up
-over recomputing every cell.
+"""Refusal sweep on the default model: CAA vectors from the shared refusal set (the plain mean difference
+and the letter-balanced one), their paired effects on its 50 held-out A/B questions over layers x
+multipliers, each beside the null band of random vectors of the same norm and split by matching letter;
+and the prefix-reusing sweep's speed-up over recomputing every cell.
 
     python -m analysis.refusal_sweep --out results/refusal_sweep --shared-data ../shared/data
 
-Writes ``vector.safetensors`` (+ ``vector.safetensors.json``), ``results.jsonl`` (resumable: rerunning
-continues a killed run), ``summary.csv`` (mean p(matching) per layer x multiplier), ``norms.csv`` (||v_L|| / mean
-||resid_L||) and, with ``--timing``, ``timing.json``.
+Writes ``vector.safetensors`` and ``vector_balanced.safetensors`` (+ their ``.json`` copies),
+``results.jsonl`` (resumable: rerunning continues a killed run; the random controls are swept in it as
+``random:<vector>:<seed>``), ``effects.csv`` (``caa_lens.sweep.effects_summary``: per vector x layer x
+multiplier the paired effect against multiplier 0 with its 95% bootstrap interval and n, the null band,
+and the per-letter split), ``letters.csv`` (``letter_split``: how much of each effect is a behaviour push
+and how much a letter push, with intervals and null bands), ``summary.csv`` (mean p(matching) per cell),
+``norms.csv`` (||v_L|| / mean ||resid_L||) and, with ``--timing``, ``timing.json``.
 """
 
 import argparse
+import inspect
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
 from analysis.pipeline import claim_results_dir
-from caa_lens.data import load_behaviour_dataset
+from caa_lens.data import ContrastiveDataset, load_behaviour_dataset
 from caa_lens.evaluation import behaviour_probabilities
-from caa_lens.methods import caa_vector
+from caa_lens.extraction import extract_contrastive
+from caa_lens.methods import caa_vector, mean_difference_vector
 from caa_lens.models import load_model
 from caa_lens.prompts import format_prompt
+from caa_lens.stats import letter_balanced_mean, null_band, random_like
 from caa_lens.steering import Injection, residual_norm
-from caa_lens.sweep import load_results, run_sweep, summarize
+from caa_lens.sweep import effects_summary, format_effects, load_results, run_sweep, summarize, verdicts
 from caa_lens.vectors import SteeringVector, load_vector, save_vector
+
+# ``random_like`` is caa_lens.stats's (same norm at every layer, private seeded generator); it stays
+# importable from here for notebook 02.
+__all__ = ["build_vectors", "letter_split", "main", "random_like", "recompute_cells"]
 
 
 def _floats(text: str) -> list[float]:
@@ -48,11 +63,108 @@ def recompute_cells(model, dataset, vector, cells, batch_size):
     return rows
 
 
-def random_like(vector: SteeringVector, seed: int = 0) -> SteeringVector:
-    """A seeded random direction per layer with the vector's norm at that layer (a control)."""
-    noise = torch.randn(vector.directions.shape, generator=torch.Generator().manual_seed(seed))
-    scale = vector.norms() / noise.flatten(1).norm(dim=-1)
-    return SteeringVector(noise * scale[:, None], vector.layers, vector.provenance)
+def build_vectors(model, dataset: ContrastiveDataset, batch_size: int = 16) -> dict[str, SteeringVector]:
+    """The plain CAA mean difference (``refusal``) and the letter-balanced one (``refusal_balanced``).
+
+    The letter-balanced vector averages the mean differences of the A-matching and of the B-matching
+    pairs, so the large "A minus B" direction of the answer token cancels whatever the letter counts
+    (GUIDE section 6). Uses ``caa_vector(..., method="letter_balanced")`` where caa_lens has it, else
+    ``caa_lens.stats.letter_balanced_mean`` on the same extraction's per-pair differences.
+    """
+    if "method" in inspect.signature(caa_vector).parameters:
+        # Named explicitly: which of the two is caa_vector's default is not this script's business.
+        plain = caa_vector(model, dataset, batch_size=batch_size, method="mean_difference")  # type: ignore[call-arg]
+        balanced = caa_vector(model, dataset, batch_size=batch_size, method="letter_balanced")  # type: ignore[call-arg]
+        return {"refusal": plain, "refusal_balanced": balanced}
+    acts = extract_contrastive(model, dataset, batch_size=batch_size, keep_examples=True)
+    assert acts.examples is not None
+    plain = mean_difference_vector(model, acts)
+    diffs = acts.examples.positive.float() - acts.examples.negative.float()
+    directions = letter_balanced_mean(diffs, acts.examples.positive_labels).float()
+    provenance = replace(plain.provenance, method="mean_difference; letter-balanced (letter_balanced_mean)")
+    return {"refusal": plain, "refusal_balanced": SteeringVector(directions, plain.layers, provenance)}
+
+
+def _interval(mean: float, low: float, high: float) -> str:
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def _control_of(name: str) -> str | None:
+    """``random:<vector>:<seed>`` -> ``<vector>`` (caa_lens.stats.with_null's naming rule), else None."""
+    return name.split(":")[1] if name.startswith("random:") and name.count(":") >= 2 else None
+
+
+def _split_cells(results: pd.DataFrame, n_resamples: int, seed: int) -> pd.DataFrame:
+    labels = sorted(results["matching_label"].unique())
+    if len(labels) != 2:
+        raise ValueError(f"the letter split needs two matching labels, got {labels}")
+    rows = []
+    for (name, layer), group in results.groupby(["vector", "layer"], sort=True):
+        base = group[group["multiplier"] == 0].set_index("item_index")["p_matching"]
+        for multiplier, cell in group[group["multiplier"] != 0].groupby("multiplier", sort=True):
+            change = cell["p_matching"].to_numpy() - base.loc[cell["item_index"]].to_numpy()
+            first = (cell["matching_label"] == labels[0]).to_numpy()
+            parts = change[first], change[~first]
+            if not all(len(part) for part in parts):
+                continue
+            # Items of each letter resampled apart, with one private generator per cell (same seed).
+            rng = np.random.default_rng(seed)
+            means = [part[rng.integers(0, len(part), (n_resamples, len(part)))].mean(1) for part in parts]
+            behaviour, letter = (means[0] + means[1]) / 2, (means[0] - means[1]) / 2
+            point_b, point_l = (
+                (parts[0].mean() + parts[1].mean()) / 2,
+                (parts[0].mean() - parts[1].mean()) / 2,
+            )
+            row = {"vector": name, "layer": layer, "multiplier": multiplier}
+            row |= {f"n_{labels[0]}": len(parts[0]), f"n_{labels[1]}": len(parts[1])}
+            for key, point, draws in (("behaviour", point_b, behaviour), ("letter", point_l, letter)):
+                low, high = np.quantile(draws, [0.025, 0.975])
+                row |= {key: point, f"{key}_low": min(low, point), f"{key}_high": max(high, point)}
+            # The effect is behaviour + (f_first - f_second) * letter: the letter's part of it.
+            row["letter_part_of_effect"] = point_l * (len(parts[0]) - len(parts[1])) / len(change)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def letter_split(
+    results: pd.DataFrame, n_resamples: int = 4000, seed: int = 0, coverage: float = 0.95
+) -> pd.DataFrame:
+    """How much of each cell's effect is a behaviour push and how much a letter push.
+
+    With e_A, e_B the mean paired effects on A- and B-matching items (A the first label), a behaviour
+    push moves both by ``behaviour = (e_A + e_B) / 2`` and a push toward letter A moves them by
+    ``+letter`` and ``-letter``, ``letter = (e_A - e_B) / 2``; the overall effect is
+    ``behaviour + (f_A - f_B) * letter`` (``letter_part_of_effect`` is the second term). Each has a
+    95% bootstrap interval (items of each letter resampled apart) and a null band: the same numbers for
+    the random controls ``random:<vector>:<seed>`` at the cell (``coverage`` quantile range), with
+    ``behaviour_vs_null`` / ``letter_vs_null`` saying where the interval lies.
+    """
+    cells = _split_cells(results, n_resamples, seed)
+    if cells.empty:
+        return cells
+    targets = cells["vector"].map(_control_of)
+    tested, controls = cells[targets.isna()].copy(), cells[targets.notna()]
+    for key in ("behaviour", "letter"):
+        lows, highs, verdict = [], [], []
+        for row in tested.itertuples():
+            chosen = controls[
+                (targets[controls.index] == row.vector)
+                & (controls["layer"] == row.layer)
+                & (controls["multiplier"] == row.multiplier)
+            ]
+            if chosen.empty:
+                lows.append(np.nan)
+                highs.append(np.nan)
+                verdict.append("no controls")
+                continue
+            band = null_band(chosen[key].tolist(), coverage)
+            low, high = getattr(row, f"{key}_low"), getattr(row, f"{key}_high")
+            lows.append(band.low)
+            highs.append(band.high)
+            where = "above null" if low > band.high else "below null" if high < band.low else "inside null"
+            verdict.append(where)
+        tested[f"{key}_null_low"], tested[f"{key}_null_high"], tested[f"{key}_vs_null"] = lows, highs, verdict
+    return tested.reset_index(drop=True)
 
 
 def timing(model, test, vector, layers, multipliers, out: Path, args) -> dict:
@@ -120,13 +232,19 @@ def main() -> None:
         help="take pairs/2 A-matching and pairs/2 B-matching pairs, so the letter cancels exactly",
     )
     parser.add_argument(
-        "--vector", type=Path, default=None, help="reuse a saved vector instead of extracting"
+        "--vector",
+        type=Path,
+        default=None,
+        help="reuse a saved vector instead of extracting (then only it is swept, without the balanced one)",
     )
     parser.add_argument(
-        "--random-control",
-        action="store_true",
-        help="also sweep a seeded random vector with the same norm at each layer (a control direction)",
+        "--controls",
+        type=int,
+        default=5,
+        help="random vectors of the same per-layer norm swept beside each vector (the null band; 0: none)",
     )
+    parser.add_argument("--control-seed", type=int, default=0, help="seed of the first random control")
+    parser.add_argument("--bootstrap", type=int, default=4000, help="bootstrap resamples per cell")
     parser.add_argument("--sweep-batch", type=int, default=8, help="questions per prefix pass")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--timing", action="store_true", help="also time the sweep against recompute")
@@ -153,11 +271,15 @@ def main() -> None:
     test = load_behaviour_dataset(caa / "test" / "refusal" / "test_dataset_ab.json")
 
     if args.vector is not None:
-        vector = load_vector(args.vector, model)
+        vectors = {"refusal": load_vector(args.vector, model)}
     else:
         started = time.perf_counter()
-        vector = caa_vector(model, generate_set, batch_size=16)
-        print(f"vector from {len(generate_set)} pairs at all layers in {time.perf_counter() - started:.1f} s")
+        vectors = build_vectors(model, generate_set)
+        print(
+            f"vectors from {len(generate_set)} pairs at all layers in {time.perf_counter() - started:.1f} s"
+        )
+        save_vector(vectors["refusal_balanced"], args.out / "vector_balanced.safetensors")
+    vector = vectors["refusal"]
     save_vector(vector, args.out / "vector.safetensors")
     reference = [format_prompt(model.tokenizer, item.question, item.matching).token_ids for item in test][:16]
     with open(args.out / "norms.csv", "w") as handle:
@@ -167,9 +289,6 @@ def main() -> None:
             norm = float(vector.at(layer).norm())
             handle.write(f"{layer},{norm:.4f},{resid:.4f},{norm / resid:.5f}\n")
 
-    vectors = {"refusal": vector}
-    if args.random_control:
-        vectors["random"] = random_like(vector)
     started = time.perf_counter()
     run = run_sweep(
         model,
@@ -179,18 +298,52 @@ def main() -> None:
         args.multipliers,
         args.out / "results.jsonl",
         batch_size=args.sweep_batch,
+        controls=args.controls,
+        control_seed=args.control_seed,
     )
     print(
-        f"sweep: {run.units_computed}/{run.units_total} units computed in {time.perf_counter() - started:.1f} s"
+        f"sweep: {run.units_computed}/{run.units_total} units computed in {time.perf_counter() - started:.1f} s "
+        f"({len(run.config['vectors'])} vectors: {len(vectors)} tested, {args.controls} random controls each)"
     )
-    summary = summarize(load_results(run.path))
+    results = load_results(run.path)
+    summary = summarize(results)
     summary.to_csv(args.out / "summary.csv", index=False)
+    effects = effects_summary(results, n_resamples=args.bootstrap)
+    effects.to_csv(args.out / "effects.csv", index=False)
+    letters = letter_split(results, n_resamples=args.bootstrap)
+    letters.to_csv(args.out / "letters.csv", index=False)
     for name in vectors:
         table = summary[summary.vector == name].pivot(
             index="layer", columns="multiplier", values="p_matching"
         )
-        print(f"{name} vector: mean p(refusal answer) by layer (rows) x multiplier (columns):")
+        print(f"\n{name} vector: mean p(refusal answer) by layer (rows) x multiplier (columns):")
         print(table.to_string(float_format=lambda x: f"{x:.3f}"))
+    print("\nPaired effects against multiplier 0 (95% bootstrap intervals), null band, per-letter split:")
+    print(format_effects(effects))
+    print("\n".join(verdicts(effects)))
+    if not letters.empty:
+        print("\nBehaviour push vs letter push (toward the first letter), with intervals and null bands:")
+        shown = letters.assign(
+            multiplier=letters["multiplier"].map(lambda m: f"{m:+g}"),
+            behaviour=[
+                _interval(r.behaviour, r.behaviour_low, r.behaviour_high) for r in letters.itertuples()
+            ],
+            letter=[_interval(r.letter, r.letter_low, r.letter_high) for r in letters.itertuples()],
+        )
+        columns = [
+            "vector",
+            "layer",
+            "multiplier",
+            "behaviour",
+            "behaviour_vs_null",
+            "letter",
+            "letter_vs_null",
+        ]
+        print(
+            shown[[*columns, "letter_part_of_effect"]].to_string(
+                index=False, float_format=lambda x: f"{x:+.4f}"
+            )
+        )
 
     if args.timing:
         report = timing(model, test, vector, args.layers, args.multipliers, args.out, args)

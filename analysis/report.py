@@ -31,60 +31,158 @@ def _table(frame: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join([header, rule, *rows])
 
 
-def focus_table(summary: pd.DataFrame, layer: int) -> pd.DataFrame:
-    """p(matching) per behaviour (rows) and multiplier (columns) at one layer."""
-    rows = summary[summary["layer"] == layer]
-    wide = rows.pivot_table(index="vector", columns="multiplier", values="p_matching")
-    wide.columns = [f"m={m:+g}" for m in wide.columns]
-    return wide.reset_index().rename(columns={"vector": "behaviour"})
+def _interval(effect: float, low: float, high: float) -> str:
+    return f"{effect:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def effects_headline(effects: pd.DataFrame, layer: int) -> tuple[pd.DataFrame, list[str]]:
+    """The report split's paired effects at ``layer``: a table, and one plain sentence per behaviour.
+
+    Each sentence states the effect at the largest multiplier with its interval and n, the null band
+    beside it, whether the two are distinguishable, and what the per-letter split says.
+    """
+    rows = effects[(effects["layer"] == layer) & (effects["multiplier"] != 0)]
+    has_null = "vs_null" in rows
+    table = pd.DataFrame(
+        {
+            "behaviour": rows["vector"],
+            "m": rows["multiplier"].map(lambda m: f"{m:+g}"),
+            "n": rows["n_items"],
+            "p(matching)": rows["p_matching"],
+            "effect [95% CI]": [
+                _interval(e, lo, hi)
+                for e, lo, hi in zip(rows["effect"], rows["effect_low"], rows["effect_high"], strict=True)
+            ],
+            "null band": [
+                f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in zip(rows["null_low"], rows["null_high"], strict=True)
+            ]
+            if has_null
+            else "not measured",
+            "vs null": rows["vs_null"] if has_null else "not measured",
+            "letters": rows["letter_pattern"],
+        }
+    )
+    sentences = []
+    for name, cells in rows.groupby("vector", sort=True):
+        # The strongest push in the steering direction (the most negative one if none is positive).
+        top = cells.loc[
+            cells["multiplier"].idxmax() if (cells["multiplier"] > 0).any() else cells["multiplier"].idxmin()
+        ]
+        text = (
+            f"- {name}, m={top['multiplier']:+g} at layer {layer}: effect on p(matching) "
+            f"{_interval(top['effect'], top['effect_low'], top['effect_high'])} over {int(top['n_items'])} "
+            f"held-out items"
+        )
+        if has_null:
+            verdict = top["vs_null"]
+            band = f"[{top['null_low']:+.3f}, {top['null_high']:+.3f}]"
+            text += f"; random vectors of the same norm give {band}: " + (
+                "the effect is **inside the null**, indistinguishable from a random push of that size"
+                if verdict == "inside null"
+                else f"the effect is {verdict}"
+            )
+        if top["letter_pattern"] == "opposite directions":
+            text += "; A- and B-matching items move in opposite directions: a letter push, not a behaviour"
+        elif top["letter_pattern"] == "same direction":
+            text += "; A- and B-matching items move the same way (a behaviour push)"
+        sentences.append(text + ".")
+    return table, sentences
+
+
+def _similarity_lines(results: Path, saved: set[str]) -> list[str]:
+    lines = []
+    for name in sorted(n for n in saved if n.startswith("layer_similarity-")):
+        sim: Any = load_result(results, name)
+        near, far = sim.mean_at([1]), sim.mean_at(range(10, 100))
+        base_near = sim.baseline_at([1])
+        far_text = "no layers are 10+ apart" if math.isnan(far) else f"{far:.2f} between layers 10+ apart"
+        baseline = (
+            f" (a {sim.baseline.replace('_', '-')} baseline gives {base_near:.2f} for neighbours)"
+            if not math.isnan(base_near)
+            else ""
+        )
+        lines.append(
+            f"- {name.split('-', 1)[1]}: cosine between adjacent layers' vectors {near:.2f}{baseline}, {far_text}."
+        )
+    for name in sorted(n for n in saved if n.startswith("separability-")):
+        table = load_result(results, name).table  # type: ignore[attr-defined]
+        if "behaviour_accuracy" in table and len(table):
+            best = table.loc[table["behaviour_accuracy"].idxmax()]
+            lines.append(
+                f"- {name.split('-', 1)[1]}: behaviour separability peaks at layer {int(best['layer'])} "
+                f"({best['behaviour_accuracy']:.2f} held-out probe accuracy, letter "
+                f"{best['letter_accuracy']:.2f}, {int(best['n_test'])} test examples)."
+            )
+    return lines
+
+
+def _ratio_lines(results: Path, saved: set[str]) -> list[str]:
+    if "ratio_tradeoff" not in saved:
+        return []
+    tradeoff: Any = load_result(results, "ratio_tradeoff")
+    line = f"- ratio study (layer {tradeoff.layer}, on the selection items): {tradeoff.selection}"
+    if "ratio_report" in saved:
+        reported = load_result(results, "ratio_report").table.iloc[0]  # type: ignore[attr-defined]
+        line += (
+            f"; on the report items that ratio moves p(matching) by "
+            f"{_interval(reported.behaviour_change, reported.behaviour_change_low, reported.behaviour_change_high)}"
+            f" at a perplexity increase of {reported.perplexity_increase:+.1%} "
+            f"[{reported.perplexity_increase_low:+.1%}, {reported.perplexity_increase_high:+.1%}]"
+        )
+    return [line + "."]
+
+
+def _scaling_lines(results: Path, saved: set[str]) -> list[str]:
+    lines = []
+    if "sample_size" in saved:
+        table = load_result(results, "sample_size").table  # type: ignore[attr-defined]
+        largest = table[table["n"] == table["n"].max()]
+        above = int((largest["vs_null"] == "above null").sum())
+        lines.append(
+            f"- sample size: at n = {int(table['n'].max())} pairs the vector's cosine with one from disjoint "
+            f"held-out pairs is above the sign-shuffled null at {above} of {len(largest)} layers (median "
+            f"{largest['cosine_to_heldout'].median():.2f}, null band median "
+            f"[{largest['null_low'].median():.2f}, {largest['null_high'].median():.2f}])."
+        )
+    if "sample_size_effect" in saved:
+        effect: Any = load_result(results, "sample_size_effect")
+        rows = effect.table
+        outside = rows[rows["plus_vs_null"] != "inside null"] if "plus_vs_null" in rows else rows.iloc[0:0]
+        lines.append(
+            f"- steering effect by sample size (layer {effect.layer}, m=+{effect.multiplier:g}, report items): "
+            + (
+                f"outside the random-vector null for n in {sorted(int(n) for n in outside['n'])}"
+                if len(outside)
+                else "inside the random-vector null at every size"
+            )
+            + "."
+        )
+    return lines
+
+
+def _reversal_lines(results: Path, saved: set[str]) -> list[str]:
+    if "reversal" not in saved:
+        return []
+    rev: Any = load_result(results, "reversal")
+    line = f"- reversal search ({rev.iterations} iterations, {rev.elapsed_s:.0f} s, stopped by {rev.stopped_by}): {rev.verdict}"
+    if rev.effects is not None and len(rev.effects):
+        held = rev.effects[rev.effects["split"] == "heldout"]
+        parts = [
+            f"{row.quantity} {_interval(row.mean, row.low, row.high)} (n={int(row.n)})"
+            for row in held.itertuples()
+        ]
+        line = line.rstrip(".") + ". Held-out: " + "; ".join(parts)
+    return [line.rstrip(".") + "."]
 
 
 def _findings(results: Path) -> list[str]:
     saved = {p.name.removesuffix(".json") for p in results.glob("*.json")}
-    lines = []
-    for name in sorted(n for n in saved if n.startswith("layer_similarity-")):
-        sim = load_result(results, name)
-        near, far = sim.mean_at([1]), sim.mean_at(range(10, 100))  # type: ignore[attr-defined]
-        far_text = "no layers are 10+ apart" if math.isnan(far) else f"between layers 10+ apart {far:.2f}"
-        lines.append(
-            f"- {name.split('-', 1)[1]}: cosine between adjacent layers' vectors {near:.2f}, {far_text}."
-        )
-    for name in sorted(n for n in saved if n.startswith("separability-")):
-        table = load_result(results, name).table  # type: ignore[attr-defined]
-        best = table.loc[table["behaviour"].idxmax()] if "behaviour" in table else None
-        if best is not None:
-            lines.append(
-                f"- {name.split('-', 1)[1]}: behaviour separability peaks at layer {int(best['layer'])} "
-                f"({best['behaviour']:.2f} held-out probe accuracy)."
-            )
-    if "ratio_tradeoff" in saved:
-        tradeoff = load_result(results, "ratio_tradeoff")
-        lines.append(
-            f"- most behaviour change per unit of perplexity increase at ||m v|| / ||resid|| = "
-            f"{tradeoff.best_ratio:g} (layer {tradeoff.layer})."
-        )  # type: ignore[attr-defined]
-    if "reversal" in saved:
-        rev: Any = load_result(results, "reversal")
-        effect = rev.steered - rev.unsteered
-        summary = (
-            f"- reversal search ({rev.iterations} iterations, {rev.elapsed_s:.0f} s, stopped by {rev.stopped_by}): "
-            f"p(matching) unsteered {rev.unsteered:.3f}, steered {rev.steered:.3f}"
-        )
-        if len(rev.best):
-            top = rev.best.loc[rev.best.reversal.idxmax()]
-            summary += (
-                f"; the best insertion {top['text']!r} moved the steered model to {top['p_steered']:.3f} "
-                f"(it undid {top['reversal_fraction']:.2f}x the steering effect; the unsteered model with it: "
-                f"{top['p_unsteered']:.3f}; on held-out items it undid {top['heldout_reversal_fraction']:.2f}x)"
-            )
-        if abs(effect) < 0.02:
-            # A reversal of a steering effect this small is within what any insertion does to the question.
-            summary += (
-                f". The steering effect here ({effect:+.3f}) is too small for a reversal to mean anything: "
-                "steer harder or at another layer before reading this"
-            )
-        lines.append(summary + ".")
-    return lines
+    return [
+        *_similarity_lines(results, saved),
+        *_ratio_lines(results, saved),
+        *_scaling_lines(results, saved),
+        *_reversal_lines(results, saved),
+    ]
 
 
 def write_report(out: Path, config, identity, seconds: float, timings: dict[str, float]) -> Path:
@@ -96,6 +194,7 @@ def write_report(out: Path, config, identity, seconds: float, timings: dict[str,
         "model_config_hash": identity.config_hash,
         "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
         "focus_layer": config.focus_layer,
+        "selection": json.loads((out / "selection.json").read_text()),
         "datasets": {
             name: {
                 "train": train,
@@ -105,22 +204,32 @@ def write_report(out: Path, config, identity, seconds: float, timings: dict[str,
             }
             for name, train, test in config.datasets
         },
-        "seeds": {"splits": 0, "sampling": 0, "reversal": 0, "bootstrap": 0},
+        "seeds": {"splits": config.split_seed, "sampling": 0, "reversal": 0, "bootstrap": 0},
         "versions": package_versions(),
         "seconds": seconds,
         "stage_seconds": timings,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     figures = draw(out)
-    summary = pd.read_csv(out / "sweep_summary.csv")
-    table = focus_table(summary, config.focus_layer)
+    selection = json.loads((out / "selection.json").read_text())
+    effects = pd.read_csv(out / "sweep_effects.csv")
+    table, sentences = effects_headline(effects, config.focus_layer)
+    pick = selection.get("focus_layer_pick")
+    how = (
+        f"picked on the selection items ({pick['criterion']})" if pick else "set by the user (--focus-layer)"
+    )
     answer = json.loads((out / "answer.json").read_text())
     generations = pd.read_csv(out / "generations.csv")
     parts = [
         f"# caa_lens report: {identity.name}",
         f"Regenerate with `caa-lens demo --out {out}`; redraw figures with `caa-lens figures {out}`.",
         f"**Q:** {answer['question']}  \n**A:** {answer['answer']}",
-        f"## Behaviour probability at layer {config.focus_layer}",
+        f"## Steering effects at layer {config.focus_layer}, on held-out items",
+        f"Layer {config.focus_layer} was {how}; every number below is on the report items, which no "
+        "choice was made on. Effect = mean over items of p(matching) steered minus unsteered on the same "
+        "item, 95% bootstrap interval over items; null band = effects of random vectors of the same norm "
+        "at the same cells; letters = whether A- and B-matching items move the same way.",
+        *sentences,
         _table(table),
         "## Findings",
         *_findings(out / "results"),
@@ -132,6 +241,6 @@ def write_report(out: Path, config, identity, seconds: float, timings: dict[str,
     ]
     report = out / "report.md"
     report.write_text("\n\n".join(parts).replace(".\n\n- ", ".\n- ") + "\n")
-    print("\nBehaviour probability p(matching) at layer", config.focus_layer)
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nSteering effects at layer {config.focus_layer} (held-out items):")
+    print("\n".join(sentences))
     return report

@@ -24,7 +24,7 @@ from analysis.pipeline import claim_results_dir
 from caa_lens.capability import read_text
 from caa_lens.data import FIBONACCI_SIZES, ContrastiveDataset, load_behaviour_dataset
 from caa_lens.extraction import ContrastiveActivations, PairActivations, extract_contrastive
-from caa_lens.methods import mean_difference_vector
+from caa_lens.methods import contrastive_vector
 from caa_lens.models import load_model
 from caa_lens.steering import multiplier_for_ratio
 from caa_lens.vectors import package_versions
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--multiplier", type=float, default=None, help="default: --ratio at the chosen layer")
     parser.add_argument("--ratio", type=float, default=0.25, help="||m v|| / ||resid|| the sweep picks by")
     parser.add_argument("--reversal-budget", type=float, default=540.0, help="seconds")
-    parser.add_argument("--reversal-items", type=int, default=4)
+    parser.add_argument("--reversal-items", type=int, default=20, help="search items (>= 20 for a claim)")
     parser.add_argument(
         "--reversal-multiplier", type=float, default=None, help="default: the chosen multiplier"
     )
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     acts = _extraction(model, train, out / "activations.pt")
     timings["extract"] = time.perf_counter() - tick
     assert acts.examples is not None
-    vector = mean_difference_vector(model, acts)
+    vector = contrastive_vector(model, acts)  # letter-balanced
 
     def stage(name: str) -> bool:
         if name in stages:
@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> None:
             at_layer = scaled.table[scaled.table.layer == layer]
             summary["scaling"][tag] = {
                 "share_first_letter": dict(zip(at_layer.n, at_layer.share_first_letter.round(3), strict=True)),
-                "cosine_to_full_at_layer": dict(zip(at_layer.n, at_layer.cosine_to_full.round(3), strict=True)),
+                "cosine_to_heldout_at_layer": dict(zip(at_layer.n, at_layer.cosine_to_heldout.round(3), strict=True)),
+                "null_at_layer": dict(zip(at_layer.n, zip(at_layer.null_low.round(3), at_layer.null_high.round(3), strict=True), strict=True)),
                 "ci_at_layer": dict(zip(at_layer.n, zip(at_layer.ci_low.round(3), at_layer.ci_high.round(3), strict=True), strict=True)),
                 "split_half_at_layer": dict(zip(at_layer.n, at_layer.split_half.round(3), strict=True)),
                 "effect_by_n": dict(zip(effect.table.n, effect.table.effect.round(3), strict=True)),
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
         datasets = {"refusal": _balanced(evaluation, 20, args.seed, ":20")}
         for name in OTHER_BEHAVIOURS:
             data = load_behaviour_dataset(caa / "generate" / name / "generate_dataset.json")
-            behaviour_vectors[name] = mean_difference_vector(
+            behaviour_vectors[name] = contrastive_vector(
                 model,
                 extract_contrastive(
                     model, _balanced(data, 100, args.seed, ":b100"), layers=[layer], batch_size=8
@@ -363,6 +364,8 @@ def main(argv: list[str] | None = None) -> None:
             "heldout_steered": found.heldout_steered, "iterations": found.iterations, "elapsed_s": found.elapsed_s,
             "stopped_by": found.stopped_by, "n_evaluated": found.n_evaluated, "reversed": found.reversed,
             "best": found.best.drop(columns=["token_ids"]).to_dict(orient="records"),
+            "verdict": found.verdict,
+            "effects": found.effects.to_dict(orient="records") if found.effects is not None else [],
         }  # fmt: skip
         if draw:
             plots.plot_reversal_progress(found, figures / "reversal_progress.png")

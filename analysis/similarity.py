@@ -3,12 +3,16 @@
 The CAA paper found that vectors of neighbouring layers are more similar than those of distant
 layers, and that a vector read at one layer still steers when applied at nearby ones. These
 functions measure both on any model: ``layer_similarity`` gives the layer x layer cosine matrix and
-its mean by layer distance, ``layer_transfer`` applies the vector read at layer i at layer j.
+its mean by layer distance beside a baseline (sign-shuffled pair differences, or random directions),
+``layer_transfer`` applies the vector read at layer i at layer j and reports each cell as paired
+effects against the unsteered run on the same items, with bootstrap intervals and a null of random
+directions of the same norm (issue #12).
 """
 
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -18,8 +22,24 @@ from torch import Tensor
 from analysis._scoring import layer_scores, prefix_batches
 from caa_lens.data import ContrastiveDataset
 from caa_lens.extraction import ContrastiveActivations
-from caa_lens.methods import mean_difference_vector, pca_vector
+from caa_lens.methods import contrastive_vector, pca_vector
+from caa_lens.stats import null_band, paired_effect, random_like
 from caa_lens.vectors import SteeringVector
+
+__all__ = [
+    "BehaviourSimilarity",
+    "LayerSimilarity",
+    "LayerTransfer",
+    "MethodSimilarity",
+    "behaviour_similarity",
+    "cosine_matrix",
+    "expected_abs_cosine",
+    "layer_similarity",
+    "layer_transfer",
+    "mean_vs_pca",
+    "method_similarity",
+    "rehomed",
+]
 
 
 def cosine_matrix(a: Float[Tensor, "n d"], b: Float[Tensor, "m d"]) -> Float[Tensor, "n m"]:
@@ -39,39 +59,205 @@ def _flat(vector: SteeringVector) -> Float[Tensor, "layer d"]:
     return vector.directions.reshape(len(vector.layers), -1)
 
 
+BaselineKind = Literal["sign_shuffled", "random_direction", "none"]
+BaselineVerdict = Literal["above baseline", "below baseline", "inside baseline"]
+
+
 @dataclass(frozen=True, eq=False)
 class LayerSimilarity:
-    """Cosine similarity between one behaviour's vectors at every pair of layers.
+    """Cosine similarity between one behaviour's vectors at every pair of layers, beside a baseline.
 
     ``by_distance`` has one row per layer distance |i - j| >= 1: the mean, standard deviation and
-    number of layer pairs, which is what "neighbours are more similar" is a statement about.
+    number of layer pairs (what "neighbours are more similar" is a statement about), and the same
+    mean computed on ``n_baseline`` baseline draws: ``baseline_mean`` (their average),
+    ``baseline_low``/``baseline_high`` (their central ``coverage`` range) and ``vs_baseline``.
+
+    ``baseline`` says which draws: ``"sign_shuffled"`` (the per-pair differences with half the pairs'
+    signs flipped, the same flip at every layer: what the mean difference's cross-layer cosine is when
+    no direction is shared by the pairs, only each pair's own activations carried from layer to
+    layer) or ``"random_direction"`` (independent random directions per layer, when only the vector
+    was given: the cosine of unrelated directions). ``random_abs_cosine`` is the expected |cos| of two
+    random directions in the vector's dimension, the scale of "unrelated".
     """
 
     layers: tuple[int, ...]
     matrix: Float[Tensor, "layer layer"]
     by_distance: pd.DataFrame
+    # Defaults keep results saved before the baseline existed loadable (they read as no baseline).
+    baseline: BaselineKind = "none"
+    n_baseline: int = 0
+    random_abs_cosine: float = math.nan
 
     def mean_at(self, distances: Sequence[int]) -> float:
         """Mean cosine over layer pairs whose distance is in ``distances``; NaN when there are none
         (a model with fewer layers than the distance asks for)."""
+        return self._weighted("mean", distances)
+
+    def baseline_at(self, distances: Sequence[int]) -> float:
+        """The baseline's mean cosine over the same layer pairs as ``mean_at`` (NaN without one)."""
+        if "baseline_mean" not in self.by_distance:
+            return math.nan
+        return self._weighted("baseline_mean", distances)
+
+    def _weighted(self, column: str, distances: Sequence[int]) -> float:
         rows = self.by_distance[self.by_distance.distance.isin(list(distances))]
         if rows["n"].sum() == 0:
             return math.nan
-        return float((rows["mean"] * rows["n"]).sum() / rows["n"].sum())
+        return float((rows[column] * rows["n"]).sum() / rows["n"].sum())
 
 
-def layer_similarity(vector: SteeringVector) -> LayerSimilarity:
-    """Cosine similarity between the vector's directions at all pairs of its layers."""
-    matrix = cosine_matrix(_flat(vector), _flat(vector))
-    layers = torch.tensor(vector.layers)
-    distance = (layers[:, None] - layers[None, :]).abs()
+def expected_abs_cosine(dimension: int) -> float:
+    """E|cos| between two independent uniformly random directions in ``dimension`` dimensions.
+
+    E|x_1| on the unit sphere: Gamma(d/2) / (sqrt(pi) Gamma((d+1)/2)), about sqrt(2 / (pi d)).
+
+    >>> round(expected_abs_cosine(2) * math.pi, 6), round(expected_abs_cosine(3), 6)
+    (2.0, 0.5)
+    """
+    if dimension < 2:
+        raise ValueError(f"a cosine between random directions needs dimension >= 2, got {dimension}")
+    d = dimension
+    return math.exp(math.lgamma(d / 2) - math.lgamma((d + 1) / 2)) / math.sqrt(math.pi)
+
+
+def _distances(layers: Sequence[int]) -> Tensor:
+    index = torch.tensor(list(layers))
+    return (index[:, None] - index[None, :]).abs()
+
+
+def _by_distance_means(
+    matrices: Float[Tensor, "draw layer layer"], distance: Tensor
+) -> dict[int, Float[Tensor, " draw"]]:
+    """Each draw's mean cosine over the layer pairs at each distance >= 1."""
+    return {
+        d: matrices[:, distance == d].double().mean(-1)
+        for d in sorted(set(distance.flatten().tolist()) - {0})
+    }
+
+
+def _batched_cosines(directions: Float[Tensor, "draw layer d"]) -> Float[Tensor, "draw layer layer"]:
+    unit = directions.double() / directions.double().norm(dim=-1, keepdim=True)
+    return unit @ unit.transpose(1, 2)
+
+
+def _sign_shuffled(
+    differences: Float[Tensor, "pair layer d"], n_draws: int, generator: torch.Generator
+) -> Float[Tensor, "draw layer d"]:
+    """Mean differences with a random half of the pairs' signs flipped, per draw.
+
+    Balanced flips cancel any direction shared by all pairs exactly (with an even number of pairs),
+    and the same flip at every layer keeps what each pair carries from layer to layer.
+    """
+    n_pairs = differences.shape[0]
+    base = torch.ones(n_pairs, dtype=torch.float64)
+    base[n_pairs // 2 :] = -1.0  # ceil(n/2) flipped, floor(n/2) kept: balanced up to one pair
+    signs = torch.stack([base[torch.randperm(n_pairs, generator=generator)] for _ in range(n_draws)])
+    return torch.einsum("sp,pld->sld", signs, differences.double()) / n_pairs
+
+
+def _pair_differences(vector: SteeringVector, activations: ContrastiveActivations) -> Tensor:
+    """Per-pair differences at the vector's layers, after checking they are the vector's own data."""
+    if activations.examples is None:
+        raise ValueError(
+            "the sign-shuffled baseline needs every pair's activations: extract with keep_examples=True, "
+            "or call layer_similarity(vector) for the random-direction baseline"
+        )
+    if vector.is_positional:
+        raise ValueError(
+            "the sign-shuffled baseline is for one-position (CAA) vectors; pass the vector alone"
+        )
+    if vector.provenance.dataset_hash != activations.dataset_hash:
+        raise ValueError(
+            f"the activations (dataset {activations.dataset!r}, hash {activations.dataset_hash}) are not the "
+            f"data the vector was built from (dataset {vector.provenance.dataset!r}, hash "
+            f"{vector.provenance.dataset_hash}); pass the activations the vector came from"
+        )
+    missing = [layer for layer in vector.layers if layer not in activations.layers]
+    if missing:
+        raise ValueError(
+            f"the activations lack the vector's layers {missing} (they hold {activations.layers})"
+        )
+    if activations.examples.positive.shape[0] < 2:
+        raise ValueError("the sign-shuffled baseline needs at least two pairs")
+    picked = activations.examples.at_layer_indices(
+        [activations.layers.index(layer) for layer in vector.layers]
+    )
+    return picked.positive.double() - picked.negative.double()
+
+
+def layer_similarity(
+    vector: SteeringVector,
+    activations: ContrastiveActivations | None = None,
+    *,
+    n_baseline: int = 200,
+    coverage: float = 0.95,
+    seed: int = 0,
+) -> LayerSimilarity:
+    """Cosine similarity between the vector's directions at all pairs of its layers, with a baseline.
+
+    Args:
+        vector: the steering vector (one direction per layer).
+        activations: the extraction the vector was built from, with per-pair examples
+            (``keep_examples=True``): the baseline is then sign-shuffled (see ``LayerSimilarity``).
+            Without it the baseline is random directions, which only says the layers are not
+            unrelated: the residual stream carries every pair's activations from layer to layer, so
+            even directions no pair shares look alike between neighbours; pass the activations to
+            read "neighbours are more similar" against that.
+        n_baseline: baseline draws (from one generator seeded with ``seed``).
+        coverage: the central share of the draws' means reported as ``baseline_low``/``baseline_high``.
+    """
+    if n_baseline < 1:
+        raise ValueError(f"n_baseline must be at least 1 (a hundred or more for reporting), got {n_baseline}")
+    if not 0 < coverage <= 1:
+        raise ValueError(f"coverage must be in (0, 1], got {coverage}")
+    flat = _flat(vector)
+    matrix = cosine_matrix(flat, flat)
+    distance = _distances(vector.layers)
+    generator = torch.Generator().manual_seed(seed)
+    if activations is not None:
+        kind: BaselineKind = "sign_shuffled"
+        draws = _sign_shuffled(_pair_differences(vector, activations), n_baseline, generator)
+    else:
+        kind = "random_direction"
+        draws = torch.randn((n_baseline, *flat.shape), generator=generator, dtype=torch.float64)
+    baseline = _by_distance_means(_batched_cosines(draws), distance)
+    tail = (1 - coverage) / 2
     rows = []
-    for d in sorted(set(distance.flatten().tolist()) - {0}):
+    for d, means in baseline.items():
         values = matrix[distance == d].double()
-        std = float(values.std()) if values.numel() > 1 else 0.0
-        rows.append({"distance": d, "mean": float(values.mean()), "std": std, "n": values.numel() // 2})
-    table = pd.DataFrame(rows, columns=["distance", "mean", "std", "n"])
-    return LayerSimilarity(tuple(vector.layers), matrix, table)
+        mean = float(values.mean())
+        low, high = (
+            float(q) for q in torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=means.dtype))
+        )
+        verdict: BaselineVerdict = (
+            "above baseline" if mean > high else "below baseline" if mean < low else "inside baseline"
+        )
+        rows.append(
+            {
+                "distance": d,
+                "mean": mean,
+                "std": float(values.std()) if values.numel() > 1 else 0.0,
+                "n": values.numel() // 2,
+                "baseline_mean": float(means.mean()),
+                "baseline_low": low,
+                "baseline_high": high,
+                "vs_baseline": verdict,
+            }
+        )
+    columns = [
+        "distance",
+        "mean",
+        "std",
+        "n",
+        "baseline_mean",
+        "baseline_low",
+        "baseline_high",
+        "vs_baseline",
+    ]
+    table = pd.DataFrame(rows, columns=columns)
+    return LayerSimilarity(
+        tuple(vector.layers), matrix, table, kind, n_baseline, expected_abs_cosine(flat.shape[-1])
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -131,11 +317,15 @@ def method_similarity(
 
 
 def mean_vs_pca(model, activations: ContrastiveActivations) -> MethodSimilarity:
-    """Mean-difference (CAA) vs PCA-of-differences direction, from one extraction with examples."""
+    """The letter-balanced mean difference (CAA, the default) vs the within-label PCA direction.
+
+    Both are free of the answer letter by construction (the pooled PCA of A/B differences is the
+    letter axis), so the comparison is of two behaviour estimates, from one extraction with examples.
+    """
     return method_similarity(
-        mean_difference_vector(model, activations),
+        contrastive_vector(model, activations),
         pca_vector(model, activations),
-        ("mean_difference", "pca"),
+        ("letter_balanced", "pca_within_label"),
     )
 
 
@@ -149,8 +339,17 @@ def rehomed(vector: SteeringVector, read_layer: int, apply_layer: int) -> Steeri
 class LayerTransfer:
     """Behaviour probability when the vector read at layer i is applied at layer j.
 
-    ``plus``/``minus`` are the mean p(matching) at multipliers +m and -m; ``effect = plus - minus``
-    is the swing the vector causes (0 when it does nothing), comparable across cells.
+    ``plus``/``minus`` are the mean p(matching) at multipliers +m and -m and ``baseline`` the
+    unsteered mean, all on the same items; ``effect = plus - minus`` is the swing the vector causes
+    (0 when it does nothing), comparable across cells, with its paired bootstrap interval
+    ``effect_low``/``effect_high`` over the ``n_items`` items and ``null_low``/``null_high``, the range
+    of the swings of random directions with the cell's norm (``random_like``), scored the same way.
+
+    ``table`` has one row per (read, apply, side): side ``"plus"`` (+m minus unsteered, per item),
+    ``"minus"`` (-m minus unsteered) and ``"swing"`` (+m minus -m); columns ``effect``,
+    ``effect_low``, ``effect_high``, ``n``, ``null_low``, ``null_high``, ``n_null`` and ``vs_null``
+    (``Effect.against``: ``"above null"``, ``"below null"`` or ``"inside null"``, an effect no larger
+    than a random push of the same size).
     """
 
     read_layers: tuple[int, ...]
@@ -161,6 +360,25 @@ class LayerTransfer:
     minus: Float[Tensor, "read apply"]
     baseline: float
     effect: Float[Tensor, "read apply"]
+    # Defaults keep results saved before the intervals existed loadable (plots then draw means only).
+    effect_low: Float[Tensor, "read apply"] | None = None
+    effect_high: Float[Tensor, "read apply"] | None = None
+    null_low: Float[Tensor, "read apply"] | None = None
+    null_high: Float[Tensor, "read apply"] | None = None
+    n_items: int = 0
+    table: pd.DataFrame | None = None
+
+
+_SIDES = ("plus", "minus", "swing")
+
+
+def _side_scores(scores: Tensor, base: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+    """(steered, baseline) per-item pairs of each side, from [item, 2] scores at +m, -m."""
+    return {
+        "plus": (scores[:, 0], base),
+        "minus": (scores[:, 1], base),
+        "swing": (scores[:, 0], scores[:, 1]),
+    }
 
 
 def layer_transfer(
@@ -172,8 +390,15 @@ def layer_transfer(
     multiplier: float = 1.0,
     match_norm: bool = False,
     max_rows: int = 96,
+    *,
+    null_seeds: Sequence[int] = (0, 1),
+    n_resamples: int = 4000,
+    seed: int = 0,
 ) -> LayerTransfer:
     """Apply each read layer's direction at each apply layer and score the behaviour on ``dataset``.
+
+    Every item is scored unsteered, at +m and at -m, so each cell's effects are paired differences
+    on the same items (``paired_effect``, bootstrap seeded with ``seed``).
 
     Args:
         vector: a CAA vector covering every read layer.
@@ -183,20 +408,71 @@ def layer_transfer(
         match_norm: rescale the direction to the norm of ``vector`` at the apply layer (when the
             apply layer is one of its layers), separating direction from scale; the CAA paper used
             the same multiplier everywhere (``False``).
+        null_seeds: one random direction per seed (``random_like(vector, seed)``, read at the same
+            layer, so with the cell's norm) scored in every cell beside the vector; each adds the cost
+            of the vector itself. ``()`` skips the null (NaN bands).
+        n_resamples: bootstrap resamples per interval.
     """
     reads = tuple(vector.layers) if read_layers is None else tuple(read_layers)
     applies = tuple(vector.layers) if apply_layers is None else tuple(apply_layers)
+    missing = [layer for layer in reads if layer not in vector.layers]
+    if missing:
+        raise ValueError(f"read layers {missing} are not among the vector's layers {vector.layers}")
     batches = prefix_batches(model, dataset)
-    plus = torch.empty(len(reads), len(applies))
-    minus = torch.empty(len(reads), len(applies))
-    baseline = float(
-        layer_scores(model, batches, [rehomed(vector, reads[0], applies[0])], applies[0], [0.0]).mean()
-    )
+    randoms = [random_like(vector, s) for s in null_seeds]
+    base = layer_scores(model, batches, [rehomed(vector, reads[0], applies[0])], applies[0], [0.0])[:, 0, 0]
+    shape = (len(reads), len(applies))
+    plus, minus, low, high = (torch.empty(shape) for _ in range(4))
+    null_low, null_high = torch.full(shape, math.nan), torch.full(shape, math.nan)
+    rows = []
     for j, apply_layer in enumerate(applies):
-        moved = [rehomed(vector, read, apply_layer) for read in reads]
+        moved = [rehomed(source, read, apply_layer) for source in [vector, *randoms] for read in reads]
         if match_norm and apply_layer in vector.layers:
             target = float(vector.at(apply_layer).norm())
             moved = [v.normalized(target) for v in moved]
         scores = layer_scores(model, batches, moved, apply_layer, [multiplier, -multiplier], max_rows)
-        plus[:, j], minus[:, j] = scores.mean(0).unbind(-1)
-    return LayerTransfer(reads, applies, float(multiplier), match_norm, plus, minus, baseline, plus - minus)
+        scores = scores.reshape(scores.shape[0], 1 + len(randoms), len(reads), 2)  # item, source, read, m
+        for i, read in enumerate(reads):
+            plus[i, j], minus[i, j] = scores[:, 0, i].mean(0).unbind(-1)
+            nulls: dict[str, list[float]] = {side: [] for side in _SIDES}
+            for r in range(len(randoms)):
+                for side, (after, before) in _side_scores(scores[:, 1 + r, i], base).items():
+                    nulls[side].append(float((after - before).mean()))
+            for side, (after, before) in _side_scores(scores[:, 0, i], base).items():
+                effect = paired_effect(after, before, n_resamples=n_resamples, seed=seed)
+                band = null_band(nulls[side], coverage=1.0) if randoms else None
+                rows.append(
+                    {
+                        "read": read,
+                        "apply": apply_layer,
+                        "side": side,
+                        "effect": effect.mean,
+                        "effect_low": effect.low,
+                        "effect_high": effect.high,
+                        "n": effect.n,
+                        "null_low": band.low if band else math.nan,
+                        "null_high": band.high if band else math.nan,
+                        "n_null": band.n_vectors if band else 0,
+                        "vs_null": effect.against(band) if band else "no null",
+                    }
+                )
+                if side == "swing":
+                    low[i, j], high[i, j] = effect.low, effect.high
+                    if band:
+                        null_low[i, j], null_high[i, j] = band.low, band.high
+    return LayerTransfer(
+        reads,
+        applies,
+        float(multiplier),
+        match_norm,
+        plus,
+        minus,
+        float(base.mean()),
+        plus - minus,
+        low,
+        high,
+        null_low,
+        null_high,
+        int(base.shape[0]),
+        pd.DataFrame(rows),
+    )

@@ -64,7 +64,11 @@ def _shared(pos, neg) -> int:
 def run_caa_lens(bridge, dataset, layers, batch_size: int) -> torch.Tensor:
     from caa_lens.methods import caa_vector
 
-    return caa_vector(bridge, dataset, layers=layers, batch_size=batch_size, progress=False).directions
+    # The plain mean: the peers compute it, so the comparison is of like with like.
+    vector = caa_vector(
+        bridge, dataset, layers=layers, batch_size=batch_size, progress=False, method="mean_difference"
+    )
+    return vector.directions
 
 
 def run_steering_vectors(hf, tokenizer, dataset, layers: Sequence[int], batch_size: int) -> torch.Tensor:

@@ -6,6 +6,7 @@
 'blocks.1.hook_resid_post'
 """
 
+from caa_lens.capability import CapabilityScore, ab_capability, majority_baseline
 from caa_lens.data import (
     BUNDLED_BEHAVIOURS,
     FIBONACCI_SIZES,
@@ -31,7 +32,16 @@ from caa_lens.extraction import (
 )
 from caa_lens.generation import GenerationResult, generate
 from caa_lens.hooks import check_layers, hook_name
-from caa_lens.methods import actadd_vector, caa_vector, mean_difference_vector, pca_vector
+from caa_lens.methods import (
+    LETTER_SHARE_LIMIT,
+    LabelMeans,
+    actadd_vector,
+    caa_vector,
+    contrastive_vector,
+    label_means,
+    mean_difference_vector,
+    pca_vector,
+)
 from caa_lens.models import (
     DEFAULT_MODEL,
     TINY_MODEL,
@@ -56,7 +66,7 @@ from caa_lens.stats import (
     with_null,
 )
 from caa_lens.steering import Injection, multiplier_for_ratio, residual_norm, steering
-from caa_lens.sweep import check_multipliers, load_results, run_sweep, summarize
+from caa_lens.sweep import check_multipliers, effects_summary, load_results, run_sweep, summarize
 from caa_lens.tiny import tiny_model
 from caa_lens.vectors import (
     CorruptVectorError,
@@ -75,7 +85,9 @@ __all__ = [
     "BUNDLED_BEHAVIOURS",
     "DEFAULT_MODEL",
     "FIBONACCI_SIZES",
+    "LETTER_SHARE_LIMIT",
     "TINY_MODEL",
+    "CapabilityScore",
     "ContrastiveActivations",
     "ContrastiveDataset",
     "ContrastiveItem",
@@ -86,6 +98,7 @@ __all__ = [
     "FormattedPrompt",
     "GenerationResult",
     "Injection",
+    "LabelMeans",
     "ModelNotAvailableError",
     "NullBand",
     "OutputError",
@@ -94,6 +107,7 @@ __all__ = [
     "Provenance",
     "SteeringVector",
     "VectorMismatchError",
+    "ab_capability",
     "actadd_vector",
     "bundled_prompt_pairs",
     "caa_vector",
@@ -101,6 +115,8 @@ __all__ = [
     "check_model_spec",
     "check_multipliers",
     "check_vector_output",
+    "contrastive_vector",
+    "effects_summary",
     "effects_table",
     "equalize_norms",
     "export_control_vector_gguf",
@@ -109,6 +125,7 @@ __all__ = [
     "format_prompt",
     "generate",
     "hook_name",
+    "label_means",
     "letter_axis",
     "letter_balanced_mean",
     "letter_share",
@@ -119,6 +136,7 @@ __all__ = [
     "load_prompt_pairs",
     "load_results",
     "load_vector",
+    "majority_baseline",
     "make_item",
     "mean_difference_vector",
     "model_identity",

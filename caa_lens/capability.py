@@ -3,7 +3,12 @@
 The A/B capability sets (``caa/test/mmlu/mmlu.json``, ``caa/test/truthfulqa/truthful_qa.json``:
 ``{prompt, correct, incorrect}``) load with ``caa_lens.data.load_behaviour_dataset``, which maps
 ``correct`` to the "matching" answer, so they are scored by the behaviour metric: p(correct)
-normalised over the offered letters. Accuracy counts an item right when that is above 0.5. For a
+normalised over the offered letters. Accuracy counts an item right when that is above 0.5.
+
+Chance is read off the data, not assumed: the correct letters of a set are rarely balanced (the
+shared MMLU A/B file has 299 A and 271 B), so an answerer that always gives the commonest letter
+scores its share (0.525 there), not 0.5. ``CapabilityScore.majority_baseline`` is that share, and
+"above chance" means above it. For a
 layer x multiplier grid run ``caa_lens.sweep.run_sweep`` on the capability set and summarise its
 table with ``capability_summary``.
 
@@ -13,8 +18,9 @@ token after the first window is predicted with at least ``context - stride`` tok
 """
 
 import math
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -29,13 +35,48 @@ from caa_lens.steering import Injection, steering
 
 @dataclass(frozen=True)
 class CapabilityScore:
-    """A/B capability of one dataset under one steering setting."""
+    """A/B capability of one dataset under one steering setting.
+
+    Attributes:
+        accuracy: fraction of items with p(correct) > 0.5.
+        correct_letter_shares: for each letter that is ever correct, the fraction of items it is
+            correct for: the accuracy of an answerer that always gives that letter.
+        majority_label, majority_baseline: the commonest correct letter and its share, the accuracy
+            to beat (the first letter in order on a tie).
+    """
 
     dataset: str
     n_items: int
-    accuracy: float  # fraction of items with p(correct) > 0.5
+    accuracy: float
     mean_p_correct: float
     mean_p_letters_sum: float
+    majority_label: str
+    majority_baseline: float
+    correct_letter_shares: dict[str, float] = field(hash=False)
+
+    @property
+    def accuracy_over_baseline(self) -> float:
+        """Accuracy minus the majority-letter baseline: > 0 means better than answering one letter."""
+        return self.accuracy - self.majority_baseline
+
+
+def correct_letter_shares(labels: Sequence[str]) -> dict[str, float]:
+    """The share of each correct letter among ``labels`` (one per item), letters in sorted order.
+
+    >>> correct_letter_shares(["A", "B", "A", "A"])
+    {'A': 0.75, 'B': 0.25}
+    """
+    if not labels:
+        raise ValueError("no items: the letter shares of an empty set are undefined")
+    counts = Counter(labels)
+    return {label: counts[label] / len(labels) for label in sorted(counts)}
+
+
+def majority_baseline(labels: Sequence[str]) -> tuple[str, float]:
+    """The commonest correct letter and its share: the accuracy of always answering it."""
+    shares = correct_letter_shares(labels)
+    label = max(shares, key=shares.__getitem__)  # max keeps the first of equals: sorted order
+    return label, shares[label]
 
 
 def ab_capability(
@@ -47,32 +88,47 @@ def ab_capability(
     style: PromptStyle = "auto",
     progress: bool = True,
 ) -> CapabilityScore:
-    """Accuracy and mean p(correct) of an A/B capability set (MMLU, TruthfulQA) under steering.
+    """Accuracy and mean p(correct) of an A/B capability set (MMLU, TruthfulQA) under steering,
+    with the majority-letter baseline of the set to compare the accuracy with.
 
     Every prompt is checked against the model's context, and the multipliers against overflow, before
     the first forward pass (``behaviour_probabilities``); errors name the dataset file and item.
     """
     scores = behaviour_probabilities(model, dataset, injections, batch_size, system, style, progress)
     correct = [s.p_matching > 0.5 for s in scores.items]
+    labels = [item.matching_letter for item in dataset]
+    label, baseline = majority_baseline(labels)
     return CapabilityScore(
         dataset.name,
         len(correct),
         sum(correct) / len(correct),
         scores.mean_p_matching,
         scores.mean_p_letters_sum,
+        label,
+        baseline,
+        correct_letter_shares(labels),
     )
 
 
 def capability_summary(results: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy and mean p(correct) per vector x layer x multiplier of a sweep table on a capability set."""
+    """Accuracy and mean p(correct) per vector x layer x multiplier of a sweep table on a capability set,
+    with ``majority_baseline``: the accuracy of always answering the commonest correct letter of the
+    items in that cell (from the table's ``matching_label``)."""
+    if "matching_label" not in results.columns:
+        raise ValueError(
+            "the sweep table has no matching_label column, so the majority-letter baseline cannot be "
+            "computed: rerun the sweep with this version of caa_lens"
+        )
     table = results.assign(correct=results["p_matching"] > 0.5)
     grouped = table.groupby(["vector", "layer", "multiplier"], sort=True)
-    return grouped.agg(
+    summary = grouped.agg(
         accuracy=("correct", "mean"),
         mean_p_correct=("p_matching", "mean"),
         p_letters_sum=("p_letters_sum", "mean"),
         n_items=("item_index", "count"),
-    ).reset_index()
+        majority_baseline=("matching_label", lambda labels: majority_baseline(list(labels))[1]),
+    )
+    return summary.reset_index()
 
 
 @dataclass(frozen=True)
@@ -134,7 +190,8 @@ def perplexity(
     Args:
         injections: steering applied in every window at every position from the window's first column:
             use ``mode="all"`` or ``"from_start"`` (anchored at column 0; with ``add_bos`` that includes
-            the BOS). ``"front"`` (ActAdd) steers the first positions of every window.
+            the BOS). ``"front"`` (ActAdd) steers the first text positions of every window (after the
+            BOS, whose row an ActAdd vector drops: ``caa_lens.steering.front_rows``).
         context: text tokens per window; default ``min(n_ctx, 1024)`` (minus one for the BOS).
         stride: how far windows advance; default ``context // 2``.
         max_tokens: score only the first ``max_tokens`` tokens of the text (WikiText-2 is ~300k).
@@ -175,7 +232,11 @@ def perplexity(
     device = model.cfg.device
     pad = pad_token_id(tokenizer)
     bar = tqdm(total=len(windows), desc="perplexity", unit="window", disable=not progress)
-    with torch.inference_mode(), steering(model, injections, start=0):
+    front = [i for i in injections if i.mode == "front"]
+    others = [i for i in injections if i.mode != "front"]
+    # ActAdd's rows start at the text's first token, as they start at the user's first token in a
+    # prompt; the other modes start at column 0 (the BOS included, as documented above).
+    with torch.inference_mode(), steering(model, others, start=0), steering(model, front, start=len(prefix)):
         for b in range(0, len(windows), batch_size):
             chunk = windows[b : b + batch_size]
             rows = [prefix + ids[begin:end] for begin, end, _ in chunk]

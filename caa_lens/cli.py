@@ -215,6 +215,11 @@ def vectors(
     batch_size: int = typer.Option(16, help="Pairs per forward batch."),
     limit: int = typer.Option(0, help="Use only the first N pairs (0: all)."),
     sidecar: bool = typer.Option(True, help="Also write OUT.json, a human-readable copy of the metadata."),
+    method: str = typer.Option(
+        "letter_balanced",
+        help="'letter_balanced' (default: each matching answer label weighted equally, so the answer "
+        "letter cancels) or 'mean_difference' (the plain mean of the CAA paper).",
+    ),
 ) -> None:
     """Build mean-difference steering vectors from a contrastive dataset and save them with provenance."""
     from caa_lens.methods import caa_vector
@@ -223,6 +228,8 @@ def vectors(
     chosen = parse_layers(layers)
     if site not in SITES:
         raise UsageError(f"--site must be one of {', '.join(SITES)}, got {site!r}")
+    if method not in ("letter_balanced", "mean_difference"):
+        raise UsageError(f"--method must be 'letter_balanced' or 'mean_difference', got {method!r}")
     if position not in ("answer", "last"):
         raise UsageError(f"--position must be 'answer' or 'last', got {position!r}")
     positive(batch_size, "--batch-size")
@@ -234,7 +241,7 @@ def vectors(
     bridge = _load(model)
     with checking("--layers"):
         _check_layers_fit(chosen, bridge.cfg.n_layers, "--layers")
-    vector = caa_vector(bridge, data, chosen, site, position, batch_size)  # type: ignore[arg-type]
+    vector = caa_vector(bridge, data, chosen, site, position, batch_size, method=method)  # type: ignore[arg-type]
     path = save_vector(vector, out, sidecar=sidecar)
     typer.echo(f"wrote {path} ({len(vector.layers)} layers, {vector.provenance.n_pairs} pairs)")
 
@@ -249,23 +256,42 @@ def sweep_run(
     vector: list[Path] = typer.Option(..., help="Saved vector (.safetensors); repeat for several."),
     out: Path = typer.Option(..., help="Results JSONL (resumed if it exists with the same configuration)."),
     layers: str = typer.Option(..., help="Comma-separated layers to steer."),
-    multipliers: str = typer.Option("-2,-1,0,1,2", help="Comma-separated multipliers."),
+    multipliers: str = typer.Option(
+        "-2,-1,0,1,2", help="Comma-separated multipliers (0, the unsteered baseline, is added if missing)."
+    ),
+    controls: int = typer.Option(
+        3,
+        help="Random vectors of the same per-layer norm swept beside each vector (named "
+        "random:VECTOR:SEED): the null band of the effects. 0: none.",
+    ),
+    control_seed: int = typer.Option(0, help="Seed of the first random control (then +1, +2...)."),
     shard: str = typer.Option("", help="i/n: this job's share of the work (default: SLURM array, else 0/1)."),
     model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     batch_size: int = typer.Option(8, help="Questions per prefix pass."),
     limit: int = typer.Option(0, help="Use only the first N items (0: all)."),
 ) -> None:
-    """Sweep layers x multipliers x vectors, appending rows to OUT as they are computed."""
+    """Sweep layers x multipliers x vectors (and random controls), appending rows to OUT as they are
+    computed; then print the effects summary (as `caa-lens sweep summary OUT` does)."""
     from caa_lens.sweep import check_multipliers, check_sweep_output, default_shard, parse_shard, run_sweep
 
     chosen = parse_layers(layers, allow_all=False)
     assert chosen is not None
     values = parse_multipliers(multipliers)
     positive(batch_size, "--batch-size")
+    if controls < 0:
+        raise UsageError(f"--controls must be >= 0 (0: no random controls), got {controls}")
+    if control_seed < 0:
+        raise UsageError(f"--control-seed must be >= 0, got {control_seed}")
     with checking("--shard"):
         chosen_shard = parse_shard(shard) if shard else default_shard()
     data = _dataset(dataset, limit)
     named = _vector_files(vector, chosen)
+    reserved = [name for name in named if name == "random" or name.startswith("random:")]
+    if controls and reserved:
+        raise UsageError(
+            f"vector files named {reserved} clash with the random controls' names (random:VECTOR:SEED); "
+            f"rename the files, or pass --controls 0 if they are your own controls"
+        )
     with checking("--multipliers"):
         check_multipliers(values, list(named.values()))
     with checking("--out"):
@@ -284,11 +310,45 @@ def sweep_run(
         out,
         shard=chosen_shard,
         batch_size=batch_size,
+        controls=controls,
+        control_seed=control_seed,
     )
     typer.echo(
         f"{out}: shard {run.shard[0]}/{run.shard[1]}, {run.units_computed} of {run.units_total} "
         f"(item, layer) units computed, {run.rows_written} rows written"
+        + (f" ({controls} random controls per vector)" if controls else "")
     )
+    if run.shard[1] > 1:
+        typer.echo(
+            "effects are summarised over all items: merge the shards (caa-lens sweep merge) and run "
+            "caa-lens sweep summary on the merged file"
+        )
+        return
+    _print_effects(out)
+
+
+def _print_effects(results: Path, csv: Path | None = None) -> None:
+    """The effects summary of a results file, printed (and written to ``csv``, checked beforehand)."""
+    from caa_lens.files import atomic_write_bytes
+    from caa_lens.sweep import effects_summary, format_effects, load_results, verdicts
+
+    with checking():
+        summary = effects_summary(load_results(results))
+    if csv is not None:
+        atomic_write_bytes(csv, summary.to_csv(index=False).encode())
+    typer.echo(
+        "Effect = mean over items of p(matching) steered minus unsteered (multiplier 0) on the same items, "
+        "95% bootstrap interval; null band = the effects of random vectors of the same norm at the same cell; "
+        "X-matching = the effect on items whose matching answer is X (a letter push moves them in opposite "
+        "directions)."
+    )
+    if (summary["vs_null"] == "no controls").all():
+        typer.echo(
+            f"note: {results} has no random controls, so no null band: an interval excluding 0 may still "
+            f"be a random push of that size (sweep with --controls 3)"
+        )
+    typer.echo(format_effects(summary))
+    typer.echo("\n".join(verdicts(summary)))
 
 
 @sweep_app.command("merge")
@@ -314,22 +374,18 @@ def sweep_merge(
 @sweep_app.command("summary")
 def sweep_summary(
     results: Path = typer.Argument(..., help="Results JSONL."),
-    csv: Path | None = typer.Option(None, help="Also write the summary as CSV."),
+    csv: Path | None = typer.Option(None, help="Also write the effects table as CSV."),
 ) -> None:
-    """Mean behaviour probability per vector x layer x multiplier."""
-    from caa_lens.files import atomic_write_bytes
+    """Paired effect of every vector x layer x multiplier against multiplier 0, with its 95% bootstrap
+    interval, n, the null band of the random controls and the per-letter split."""
     from caa_lens.outputs import check_output_file
-    from caa_lens.sweep import is_summary_csv, load_results, summarize
+    from caa_lens.sweep import is_summary_csv
 
     _existing_file(results, "results file")
     if csv is not None:
         with checking("--csv"):
             check_output_file(csv, "sweep summary CSV", is_summary_csv)
-    with checking():
-        summary = summarize(load_results(results))
-    if csv is not None:
-        atomic_write_bytes(csv, summary.to_csv(index=False).encode())
-    typer.echo(summary.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    _print_effects(results, csv)
 
 
 @app.command()
@@ -388,7 +444,8 @@ def evaluate(
     score = ab_capability(bridge, data, injections, batch_size)
     typer.echo(
         f"{score.dataset}: mean p(matching) {score.mean_p_correct:.4f}, accuracy (p > 0.5) "
-        f"{score.accuracy:.4f}, mass on the offered answers {score.mean_p_letters_sum:.4f} ({score.n_items} items)"
+        f"{score.accuracy:.4f} (always answering {score.majority_label} scores {score.majority_baseline:.4f}), "
+        f"mass on the offered answers {score.mean_p_letters_sum:.4f} ({score.n_items} items)"
     )
 
 
@@ -403,6 +460,9 @@ def generate_command(
     model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     max_new_tokens: int = typer.Option(64, help="Tokens to generate per completion."),
     batch_size: int = typer.Option(8, help="Completions per batch."),
+    mode: str = typer.Option(
+        "from_start", help="'from_start' (CAA: from the end of the user turn) or 'last' (Patterns of CAE)."
+    ),
 ) -> None:
     """Steered open-ended completions of a prompt file, optionally rated by a model judge."""
     from caa_lens.ood import (
@@ -415,6 +475,8 @@ def generate_command(
     from caa_lens.sweep import check_multipliers
 
     values = parse_multipliers(multipliers)
+    if mode not in ("from_start", "last"):
+        raise UsageError(f"--mode must be 'from_start' or 'last', got {mode!r}")
     if layer < 0:
         raise UsageError(f"--layer must be >= 0, got {layer}")
     positive(max_new_tokens, "--max-new-tokens")
@@ -444,6 +506,7 @@ def generate_command(
         ModelJudgeScorer(bridge, judge) if judge else None,
         max_new_tokens,
         batch_size,
+        mode=mode,  # type: ignore[arg-type]
     )
     write_generations(frame, out)
     typer.echo(f"wrote {out} ({len(frame)} completions)")

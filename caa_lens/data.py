@@ -308,6 +308,12 @@ def bundled_prompt_pairs() -> tuple[PromptPair, ...]:
     return load_prompt_pairs(Path(str(resources.files("caa_lens") / "data" / "actadd_pairs.json")))
 
 
+def neutral_text() -> str:
+    """About 4,000 words of plain encyclopedic prose (lighthouses, tides, bread, ...) written for
+    caa_lens, for perplexity under steering when WikiText-2 is not at hand (``data/README.md``)."""
+    return (resources.files("caa_lens") / "data" / "neutral_text.txt").read_text(encoding="utf-8")
+
+
 def resolve_dataset(spec: str) -> ContrastiveDataset:
     """A dataset from a path, or a bundled name with an optional split: ``optimism``, ``optimism:test``."""
     behaviour, _, split = spec.partition(":")

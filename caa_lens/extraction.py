@@ -4,7 +4,9 @@ The positive and negative prompts of a pair share everything up to the answer, s
 the shared prefix once (into a KV cache, stopping after the last layer needed) and then only the
 few answer tokens of both sides on copies of that cache. Mean differences accumulate as float64
 running sums, so memory does not grow with the number of pairs; per-example activations are kept
-only when asked for.
+only when asked for. Each matching answer label (``A``/``B``, ``Yes``/``No``) also gets its own float64
+sums, so the letter-balanced mean difference and the letter axis (``caa_lens.methods``) need no
+per-example storage either.
 """
 
 import numbers
@@ -22,7 +24,20 @@ from caa_lens.data import ContrastiveDataset, ContrastiveItem, PromptPair, answe
 from caa_lens.hooks import check_layers, check_site, hook_name, stop_layer_for
 from caa_lens.models import model_identity
 from caa_lens.prompts import FormattedPrompt, PromptStyle, check_fits, format_prompt, left_pad, pad_token_id
-from caa_lens.resume import ExtractionState, load_state, run_key, save_state
+from caa_lens.resume import CheckpointMismatchError, ExtractionState, load_state, run_key, save_state
+
+__all__ = [
+    "ContrastiveActivations",
+    "PairActivations",
+    "PositionRule",
+    "check_batch_size",
+    "extract_contrastive",
+    "extract_prompt_pair",
+    "pair_prompts",
+    "prompt_pair_tokens",
+    "read_position",
+    "rule_name",
+]
 
 PositionRule = Literal["answer", "last"] | Callable[[FormattedPrompt], int]
 
@@ -63,9 +78,33 @@ class ContrastiveActivations:
     # The settings that changed the values (batch size, system prompt, prompt style), recorded in the
     # provenance of the vectors built from these activations.
     settings: dict[str, object] = field(default_factory=dict)
+    # Per matching answer label (``labels``, sorted; ``label_counts`` pairs each): the float64 sums of
+    # the positive (``[:, 0]``) and negative (``[:, 1]``) activations of the pairs whose matching answer
+    # has that label. The letter-balanced mean and the letter axis are built from them
+    # (``caa_lens.methods.label_means``). None for activations assembled by hand or by older code.
+    label_sums: Float[Tensor, "label 2 layer d_model"] | None = None
+    labels: tuple[str, ...] = ()
+    label_counts: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.label_sums is None:
+            if self.labels or self.label_counts:
+                raise ValueError("labels and label_counts describe label_sums: give all three or none")
+            return
+        if not len(self.labels) == len(self.label_counts) == self.label_sums.shape[0]:
+            raise ValueError(
+                f"label_sums has {self.label_sums.shape[0]} rows for labels {self.labels} with counts "
+                f"{self.label_counts}: give one row and one count per matching label"
+            )
+        if sum(self.label_counts) != self.n_pairs or min(self.label_counts, default=0) < 1:
+            raise ValueError(
+                f"label_counts {self.label_counts} must be positive and add up to n_pairs={self.n_pairs}"
+            )
 
     @property
     def mean_difference(self) -> Float[Tensor, "layer d_model"]:
+        """The plain mean over pairs of positive minus negative (CAA's vector; holds the letter if the
+        matching labels are unbalanced)."""
         return (self.positive_sum - self.negative_sum) / self.n_pairs
 
 
@@ -207,6 +246,43 @@ def _run_batch(
     return torch.stack([captured[name][rows, columns] for name in names], dim=1)
 
 
+# Written into the run key: checkpoints from before per-label sums existed cannot be continued (they
+# lack those sums) and are refused with the key-mismatch message, which says to delete them.
+_CHECKPOINT_LAYOUT = "label-sums-in-kept/1"
+
+
+def _checkpoint_state(
+    batches_done: int, sums: Tensor, label_sums: Tensor, kept: list[tuple[int, Tensor]]
+) -> ExtractionState:
+    """The state saved after a batch, the per-label sums riding in the kept-examples slot.
+
+    ``caa_lens.resume`` stores two tensors: the side sums and the kept examples
+    ``[example, 2, layer, d_model]``. Per-label sums have the shape of one kept example per label,
+    so they go first in that tensor under the indices -1, -2, ... (examples have indices >= 0), all
+    in float64: exact for the sums, and a lossless round trip for examples of any float dtype.
+    """
+    indices = tuple(-1 - k for k in range(label_sums.shape[0])) + tuple(i for i, _ in kept)
+    rows = [label_sums] + [a.double()[None] for _, a in kept]
+    return ExtractionState(batches_done, sums, indices, torch.cat(rows))
+
+
+def _restored(
+    state: ExtractionState, n_labels: int, example_dtype: torch.dtype, path: Path
+) -> tuple[Tensor, Tensor, list[tuple[int, Tensor]]]:
+    """Side sums, per-label sums and kept examples from a checkpoint written by ``_checkpoint_state``."""
+    markers = tuple(-1 - k for k in range(n_labels))
+    if state.kept is None or state.kept_indices[:n_labels] != markers:
+        raise CheckpointMismatchError(
+            f"{path} holds no per-label sums for this dataset's {n_labels} matching labels; delete it and rerun"
+        )
+    label_sums = state.kept[:n_labels].double().clone()
+    kept = [
+        (index, row.to(example_dtype))
+        for index, row in zip(state.kept_indices[n_labels:], state.kept[n_labels:].unbind(0), strict=True)
+    ]
+    return state.sums.clone(), label_sums, kept
+
+
 def extract_contrastive(
     model,
     dataset: ContrastiveDataset,
@@ -229,10 +305,12 @@ def extract_contrastive(
         position_rule: ``"answer"`` (the answer-letter token, CAA), ``"last"`` (the final token,
             Patterns paper), or a callable ``FormattedPrompt -> index``.
         keep_examples: also return every example's activations (for PCA, probes, bootstraps),
-            stored in ``example_dtype`` (float16 halves the memory).
+            stored in ``example_dtype`` (float16 halves the memory). Without them memory stays flat:
+            the per-side and per-matching-label sums are all that is kept.
         checkpoint: a file where progress is saved after every batch. If the run is killed, the same
             call continues from it (losing at most the batch in flight) and returns exactly what an
-            uninterrupted run returns. The file is removed when the extraction completes.
+            uninterrupted run returns. The file is removed when the extraction completes. Kept
+            examples are stored in it as float64 (the per-label sums share their tensor).
 
     Raises:
         ValueError: ``batch_size`` is not a positive integer, or another argument is invalid; checked
@@ -254,6 +332,8 @@ def extract_contrastive(
         plans.append(_plan(prompts, index, position_rule, item))
     # Sorting by prefix length cuts padding; sums are order-independent up to float64 rounding.
     order = sorted(plans, key=lambda p: len(p.prefix))
+    labels = tuple(sorted({p.labels[0] for p in plans}))
+    label_of = {label: k for k, label in enumerate(labels)}
     d_model = int(model.cfg.d_model)
     identity = model_identity(model)
     settings = {
@@ -269,13 +349,16 @@ def extract_contrastive(
         "example_dtype": str(example_dtype),
         "system": system,
         "style": style,
+        "layout": _CHECKPOINT_LAYOUT,
     }
     key = run_key(settings)
     state = load_state(Path(checkpoint), key) if checkpoint is not None else None
-    sums = state.sums.clone() if state else torch.zeros((2, len(chosen), d_model), dtype=torch.float64)
+    sums = torch.zeros((2, len(chosen), d_model), dtype=torch.float64)
+    label_sums = torch.zeros((len(labels), 2, len(chosen), d_model), dtype=torch.float64)
     kept: list[tuple[int, Tensor]] = []
-    if state is not None and state.kept is not None:
-        kept = list(zip(state.kept_indices, state.kept.unbind(0), strict=True))
+    if state is not None:
+        assert checkpoint is not None
+        sums, label_sums, kept = _restored(state, len(labels), example_dtype, Path(checkpoint))
     done = state.batches_done if state else 0
     starts = list(range(0, len(order), batch_size))
     processed = sum(len(order[start : start + batch_size]) for start in starts[:done])
@@ -288,13 +371,15 @@ def extract_contrastive(
             acts = _run_batch(model, batch, names, stop, pad).to(torch.float64).cpu()
             sums[0] += acts[0::2].sum(0)
             sums[1] += acts[1::2].sum(0)
+            codes = torch.tensor([label_of[p.labels[0]] for p in batch])
+            for code in codes.unique().tolist():  # a fixed order of additions: resumes stay bit-identical
+                rows = (codes == code).nonzero().flatten()
+                label_sums[code, 0] += acts[2 * rows].sum(0)
+                label_sums[code, 1] += acts[2 * rows + 1].sum(0)
             if keep_examples:
                 kept.extend((p.index, acts[2 * i : 2 * i + 2].to(example_dtype)) for i, p in enumerate(batch))
             if checkpoint is not None:
-                stacked_kept = torch.stack([a for _, a in kept]) if kept else None
-                progress_state = ExtractionState(
-                    batch_number + 1, sums, tuple(i for i, _ in kept), stacked_kept
-                )
+                progress_state = _checkpoint_state(batch_number + 1, sums, label_sums, kept)
                 save_state(Path(checkpoint), key, settings, progress_state)
             bar.update(len(batch))
     bar.close()
@@ -324,6 +409,9 @@ def extract_contrastive(
         sums[1].float(),
         examples,
         {"batch_size": batch_size, "system": system, "style": style},
+        label_sums,
+        labels,
+        tuple(sum(p.labels[0] == label for p in plans) for label in labels),
     )
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)

@@ -5,7 +5,8 @@ prompts are left-padded with an attention mask (the bridge derives position ids 
 step runs one forward pass, either on the new token with a ``transformers.DynamicCache`` or on the
 whole sequence (full recompute). Steering is positional (``caa_lens.steering``), so both give the same
 greedy tokens. Each injection is anchored by its mode: CAA (``from_start``) at each prompt's
-``steer_start``, ``last`` at the final prompt token, ActAdd (``front``) at the prompt's first token.
+``steer_start``, ``last`` at the final prompt token (so the last prompt token and every generated
+token are steered), ActAdd (``front``) at the first token of the user's text (``user_start``).
 """
 
 import math
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from caa_lens.evaluation import check_injection_multipliers
 from caa_lens.prompts import FormattedPrompt, check_fits, format_prompt, left_pad, pad_token_id
-from caa_lens.steering import MODES, Injection, steer_start_columns, steering
+from caa_lens.steering import MODES, Injection, front_rows, steer_start_columns, steering
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def _check_arguments(max_new_tokens: int, temperature: float, top_p: float | Non
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
-def _check_injections(injections: tuple[Injection, ...], prompts: list[FormattedPrompt]) -> None:
+def _check_injections(model, injections: tuple[Injection, ...], prompts: list[FormattedPrompt]) -> None:
     check_injection_multipliers(injections)  # an overflowing multiplier decodes garbage from NaN logits
     for injection in injections:
         multiplier = injection.multiplier
@@ -80,13 +81,15 @@ def _check_injections(injections: tuple[Injection, ...], prompts: list[Formatted
                 f"the multiplier tensor has {multiplier.shape[0]} entries for {len(prompts)} prompts"
             )
         if injection.mode == "front":
-            width = (
-                injection.vector.at(injection.layer).reshape(-1, injection.vector.provenance.d_model).shape[0]
-            )
-            short = [i for i, p in enumerate(prompts) if len(p) < width]
+            starts = steer_start_columns(prompts, [0] * len(prompts), "front")  # refuses unlocated text
+            width = front_rows(injection, model.tokenizer).shape[0]
+            # Generated tokens would be steered too (the cache grows into the window): refused.
+            short = [i for i, (p, s) in enumerate(zip(prompts, starts, strict=True)) if s + width > len(p)]
             if short:
                 raise ValueError(
-                    f"the front (ActAdd) vector covers {width} positions, longer than prompts {short}"
+                    f"the front (ActAdd) vector covers {width} positions from the first token of the "
+                    f"user's text, past the end of prompts {short}: use longer prompts or a shorter "
+                    "prompt pair"
                 )
 
 
@@ -130,7 +133,7 @@ def generate(
     for row, prompt in enumerate(formatted):
         check_fits(model, len(prompt) + max_new_tokens, f"prompt {row} plus {max_new_tokens} new tokens")
     injections = (injections,) if isinstance(injections, Injection) else tuple(injections)
-    _check_injections(injections, formatted)
+    _check_injections(model, injections, formatted)
     device = torch.device(model.cfg.device)
     pad = pad_token_id(model.tokenizer)
     ids, mask, offsets = left_pad([p.token_ids for p in formatted], pad)

@@ -1,13 +1,28 @@
-"""Ways to turn contrastive activations into steering vectors: mean difference, PCA, ActAdd."""
+"""Ways to turn contrastive activations into steering vectors: mean differences, PCA, ActAdd.
+
+At the answer-letter token each pair's difference is ``b + s * L``: the behaviour ``b`` plus the letter
+axis ``L`` (half the difference between the mean differences of A-matching and B-matching pairs), with
+``s = +1`` or ``-1`` by which label is matching. On the default model ``||L||`` is about 30 times
+``||b||``, so the plain mean over pairs (the CAA paper's vector) keeps ``(f_A - f_B) * L`` and is mostly
+letter whenever the matching labels are not exactly balanced. The defaults here cancel it:
+``"letter_balanced"`` weighs each matching label's mean difference equally, and PCA centres the
+differences within each matching label (which removes ``s * L`` exactly). Every vector records its
+label counts and, per layer, its letter share (squared cosine with ``L``), and warns above
+``LETTER_SHARE_LIMIT``.
+"""
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from caa_lens import stats
 from caa_lens.data import ContrastiveDataset, PromptPair
 from caa_lens.extraction import (
     ContrastiveActivations,
@@ -17,68 +32,312 @@ from caa_lens.extraction import (
     extract_prompt_pair,
 )
 from caa_lens.hooks import check_layers
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.vectors import Provenance, SteeringVector, make_provenance
+
+__all__ = [
+    "LETTER_SHARE_LIMIT",
+    "LabelMeans",
+    "PcaCentring",
+    "VectorMethod",
+    "actadd_vector",
+    "caa_vector",
+    "contrastive_vector",
+    "label_means",
+    "mean_difference_vector",
+    "pca_directions",
+    "pca_vector",
+    "prompt_pair_hash",
+]
+
+VectorMethod = Literal["letter_balanced", "mean_difference"]
+PcaCentring = Literal["within_label", "pooled"]
+
+# A vector with more than this share of its squared norm along the letter axis is mostly "A minus B".
+LETTER_SHARE_LIMIT = 0.25
 
 
-def mean_difference_vector(model, activations: ContrastiveActivations) -> SteeringVector:
-    """CAA: v_L = mean over pairs of a_L(matching) - a_L(not matching). No normalisation."""
+@dataclass(frozen=True, eq=False)
+class LabelMeans:
+    """Per matching answer label (sorted): its pair count and mean difference, float64.
+
+    ``balanced`` is the letter-balanced mean (each label weighs the same) and ``axis`` the letter axis
+    ``L`` (two labels only), both by ``caa_lens.stats`` (each label's mean stands in for its pairs).
+    """
+
+    labels: tuple[str, ...]
+    counts: tuple[int, ...]
+    means: Float[Tensor, "label layer d_model"]
+
+    @property
+    def balanced(self) -> Float[Tensor, "layer d_model"]:
+        return stats.letter_balanced_mean(self.means, self.labels)
+
+    @property
+    def axis(self) -> Float[Tensor, "layer d_model"] | None:
+        return stats.letter_axis(self.means, self.labels) if len(self.labels) == 2 else None
+
+    def shares(self, directions: Float[Tensor, "layer d_model"]) -> Float[Tensor, " layer"] | None:
+        """Each layer's letter share of ``directions`` (None without exactly two labels)."""
+        axis = self.axis
+        return None if axis is None else stats.letter_share(directions.double(), axis)
+
+
+def label_means(activations: ContrastiveActivations) -> LabelMeans:
+    """The per-matching-label mean differences: from the extraction's per-label sums, else its examples.
+
+    Raises:
+        ValueError: the activations carry neither (assembled by hand without ``label_sums``).
+    """
+    if activations.label_sums is not None:
+        sums = activations.label_sums.double()
+        counts = torch.tensor(activations.label_counts, dtype=torch.float64)
+        means = (sums[:, 0] - sums[:, 1]) / counts[:, None, None]
+        return LabelMeans(activations.labels, activations.label_counts, means)
+    if activations.examples is not None:
+        examples = activations.examples
+        differences = examples.positive.double() - examples.negative.double()
+        labels = tuple(sorted(set(examples.positive_labels)))
+        masks = [torch.tensor([x == label for x in examples.positive_labels]) for label in labels]
+        means = torch.stack([differences[mask].mean(0) for mask in masks])
+        return LabelMeans(labels, tuple(int(mask.sum()) for mask in masks), means)
+    raise ValueError(
+        f"activations of {activations.dataset!r} have no per-label sums and no examples, so the matching "
+        "labels cannot be balanced: extract them with extract_contrastive (which records per-label sums), "
+        "or ask for method='mean_difference' (the plain mean, which keeps any letter imbalance)"
+    )
+
+
+def _labels_or_none(activations: ContrastiveActivations) -> LabelMeans | None:
+    has_labels = activations.label_sums is not None or activations.examples is not None
+    return label_means(activations) if has_labels else None
+
+
+def _one_label(groups: LabelMeans, dataset: str) -> str:
+    note = (
+        f"letter balancing impossible: every pair's matching answer is {groups.labels[0]!r}, so no other "
+        "label's pairs can cancel the letter"
+    )
+    warnings.warn(
+        f"{dataset}: {note}; using the plain mean, which holds the direction of that answer label as well "
+        "as the behaviour. Add pairs whose matching answer is another label to separate them.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return note
+
+
+def _letter_record(
+    provenance: Provenance,
+    directions: Tensor,
+    layers: tuple[int, ...],
+    groups: LabelMeans | None,
+    advice: str,
+) -> Provenance:
+    """``provenance`` with the label counts and letter shares; warns when a layer is mostly letter.
+
+    The share is recorded at every layer. The warning needs the letter axis to be longer than the
+    letter-balanced mean as well: where it is shorter, there is little letter to tilt the vector, and
+    the "axis" (a difference of two label means) is largely sampling noise, which lies along whatever
+    varies most between pairs, often the behaviour itself, so its cosine says little.
+    """
+    shares = None if groups is None else groups.shares(directions)
+    if groups is None or shares is None:
+        return provenance if groups is None else replace(provenance, label_counts=_counts(groups))
+    record = {str(layer): float(share) for layer, share in zip(layers, shares, strict=True)}
+    axis = groups.axis
+    assert axis is not None  # shares exist
+    letter_norm, behaviour_norm = axis.norm(dim=-1), groups.balanced.norm(dim=-1)
+    high = [
+        k
+        for k, share in enumerate(shares)
+        if share > LETTER_SHARE_LIMIT and letter_norm[k] > behaviour_norm[k]
+    ]
+    if high:
+        listed = ", ".join(
+            f"layer {layers[k]}: {float(shares[k]):.2f} (|L| {float(letter_norm[k]):.3g}, |b| "
+            f"{float(behaviour_norm[k]):.3g})"
+            for k in high
+        )
+        counts = ", ".join(f"{n} {label}" for label, n in _counts(groups).items())
+        warnings.warn(
+            f"{provenance.dataset}: the {provenance.method} vector is mostly the answer letter at layers "
+            f"{[layers[k] for k in high]} (letter share, its squared cosine with the letter axis L: {listed}; "
+            f"matching labels {counts}). {advice}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return replace(provenance, label_counts=_counts(groups), letter_share=record)
+
+
+def _counts(groups: LabelMeans) -> dict[str, int]:
+    return dict(zip(groups.labels, groups.counts, strict=True))
+
+
+def contrastive_vector(
+    model, activations: ContrastiveActivations, method: VectorMethod = "letter_balanced"
+) -> SteeringVector:
+    """A mean-difference steering vector from extracted activations.
+
+    Args:
+        method: ``"letter_balanced"`` (default): the mean over matching labels of each label's mean
+            difference, so the answer letter cancels whatever the labels' balance; with one matching
+            label it falls back to the plain mean, with a warning recorded in ``provenance.method``.
+            ``"mean_difference"``: the plain mean over pairs, as the CAA paper (and
+            ``mean_difference_vector``).
+
+    The provenance records the method actually used, the pairs per matching label and each layer's
+    letter share; a UserWarning names the layers whose share exceeds ``LETTER_SHARE_LIMIT``.
+
+    Raises:
+        ValueError: an unknown method, or ``"letter_balanced"`` on activations that carry no per-label
+            sums or examples (see ``label_means``).
+    """
+    if method not in ("letter_balanced", "mean_difference"):
+        raise ValueError(f"unknown method {method!r}: expected 'letter_balanced' or 'mean_difference'")
+    groups = label_means(activations) if method == "letter_balanced" else _labels_or_none(activations)
+    name: str = method
+    if method == "mean_difference":
+        directions = activations.mean_difference
+        advice = (
+            "Build it with method='letter_balanced' (the default of caa_vector), which cancels the letter."
+        )
+    elif groups is not None and len(groups.labels) < 2:
+        directions = activations.mean_difference
+        name = f"mean_difference; {_one_label(groups, activations.dataset)}"
+        advice = "Add pairs whose matching answer is another label."
+    else:
+        assert groups is not None
+        directions = groups.balanced.float()
+        advice = (
+            "Even the letter-balanced mean lies along the letter axis here: few pairs, or a behaviour that "
+            "goes with the letter; check the per-letter effects (caa_lens.stats.effects_table)."
+        )
     provenance = make_provenance(
         model,
         activations.site,
         activations.position_rule,
-        "mean_difference",
+        name,
         activations.dataset,
         activations.dataset_hash,
         activations.n_pairs,
         torch.float32,
         activations.settings,
     )
-    return SteeringVector(activations.mean_difference, activations.layers, provenance)
+    provenance = _letter_record(provenance, directions, activations.layers, groups, advice)
+    return SteeringVector(directions, activations.layers, provenance)
 
 
-def pca_directions(differences: Float[Tensor, "pair layer d_model"]) -> Float[Tensor, "layer d_model"]:
-    """First principal component of the paired differences, per layer, signed to agree with their mean.
+def mean_difference_vector(model, activations: ContrastiveActivations) -> SteeringVector:
+    """CAA as published: v_L = mean over pairs of a_L(matching) - a_L(not matching). No normalisation.
 
-    The differences are centred on their mean before the SVD (as sklearn's PCA, and repeng's
-    ``pca_diff``, do), so the component is the axis along which the pairs' differences vary most;
-    the sign is fixed so the direction points the same way as the mean difference (a principal
-    component has no sign). The result has the mean difference's projection onto it as its norm, so
-    multipliers stay comparable with the mean-difference vector.
+    Keeps ``(f_A - f_B) * L`` of the letter axis when the matching labels are unbalanced (and warns when
+    that makes it mostly letter); ``contrastive_vector`` (letter-balanced by default) cancels it.
     """
+    return contrastive_vector(model, activations, "mean_difference")
+
+
+def pca_directions(
+    differences: Float[Tensor, "pair layer d_model"],
+    labels: Sequence[str] | None = None,
+    centring: PcaCentring = "within_label",
+) -> Float[Tensor, "layer d_model"]:
+    """First principal component of the paired differences, per layer, signed and scaled by their mean.
+
+    ``centring="within_label"`` (default) centres each pair's difference on the mean of the pairs with
+    the same matching label (``labels``, one per pair) before the SVD: with ``d_i = b + s_i L`` this
+    removes ``s_i L`` exactly, so the component is the axis along which the pairs vary *within* a
+    label, not the letter axis (which pooled centring returns whenever ``||L||`` dominates, as on the
+    default model: cosine -0.99999). The reference mean is then the letter-balanced mean.
+    ``centring="pooled"`` (or ``labels=None``, one group) centres on the plain mean, as sklearn's PCA
+    and repeng's ``pca_diff``, with the plain mean as the reference.
+
+    The component is signed to agree with the reference mean (a principal component has no sign) and
+    has the reference mean's projection onto it as its norm, so multipliers stay comparable with the
+    mean-difference vector.
+
+    Raises:
+        ValueError: fewer than 2 pairs; labels that do not match the pairs; an unknown centring; or
+            within-label centring with no label holding two pairs (nothing would vary).
+    """
+    if differences.shape[0] < 2:
+        raise ValueError("PCA of paired differences needs at least 2 pairs")
+    if centring not in ("within_label", "pooled"):
+        raise ValueError(f"unknown centring {centring!r}: expected 'within_label' or 'pooled'")
     diffs = differences.double()
-    mean = diffs.mean(0)  # [layer, d]
-    centred = diffs - mean
+    if labels is None or centring == "pooled":
+        groups = torch.zeros(diffs.shape[0], dtype=torch.long)
+        names: list[str] = ["all"]
+    else:
+        if len(labels) != diffs.shape[0]:
+            raise ValueError(
+                f"{len(labels)} labels for {diffs.shape[0]} pairs: give one matching label per pair"
+            )
+        names = sorted(set(labels))
+        groups = torch.tensor([names.index(label) for label in labels])
+    counts = torch.bincount(groups, minlength=len(names))
+    if len(names) > 1 and counts.max() < 2:
+        raise ValueError(
+            f"within-label PCA needs a matching label with at least 2 pairs, got counts {counts.tolist()}: "
+            "add pairs, or use centring='pooled'"
+        )
+    group_means = torch.stack([diffs[groups == g].mean(0) for g in range(len(names))])  # [group, layer, d]
+    centred = diffs - group_means[groups]
+    reference = (
+        diffs.mean(0) if len(names) == 1 else stats.letter_balanced_mean(diffs, [names[g] for g in groups])
+    )
     out = []
     for layer in range(diffs.shape[1]):
-        if diffs.shape[0] < 2:
-            raise ValueError("PCA of paired differences needs at least 2 pairs")
         _, _, vh = torch.linalg.svd(centred[:, layer], full_matrices=False)
         direction = vh[0]
-        projection = torch.dot(mean[layer], direction)
+        projection = torch.dot(reference[layer], direction)
         if projection < 0:
             direction, projection = -direction, -projection
         out.append(direction * projection)
     return torch.stack(out).float()
 
 
-def pca_vector(model, activations: ContrastiveActivations) -> SteeringVector:
+def pca_vector(
+    model, activations: ContrastiveActivations, centring: PcaCentring = "within_label"
+) -> SteeringVector:
+    """The PCA-of-differences vector (``pca_directions``) from activations extracted with examples.
+
+    ``centring="within_label"`` (default) is not the letter axis; ``"pooled"`` is the older, pooled
+    PCA (on A/B data at the answer token, mostly the letter axis). The provenance records the centring
+    in ``method`` plus the label counts and letter shares; data with one matching label is centred on
+    its plain mean, with a warning.
+
+    Raises:
+        ValueError: no per-example activations (extract with ``keep_examples=True``), or see
+            ``pca_directions``.
+    """
     if activations.examples is None:
         raise ValueError("pca_vector needs per-example activations: extract with keep_examples=True")
-    diffs = activations.examples.positive.float() - activations.examples.negative.float()
+    examples = activations.examples
+    diffs = examples.positive.float() - examples.negative.float()
+    groups = label_means(activations)
+    name = "pca_of_differences"
+    if centring == "within_label":
+        name += "; within_label" if len(groups.labels) > 1 else f"; {_one_label(groups, activations.dataset)}"
+    directions = pca_directions(diffs, examples.positive_labels, centring)
     provenance = make_provenance(
         model,
         activations.site,
         activations.position_rule,
-        "pca_of_differences",
+        name,
         activations.dataset,
         activations.dataset_hash,
         activations.n_pairs,
         torch.float32,
         # The examples' storage dtype changes the PCA (float16 examples round every difference).
-        activations.settings
-        | {"example_dtype": str(activations.examples.positive.dtype).removeprefix("torch.")},
+        activations.settings | {"example_dtype": str(examples.positive.dtype).removeprefix("torch.")},
     )
-    return SteeringVector(pca_directions(diffs), activations.layers, provenance)
+    advice = (
+        "Use centring='within_label' (the default), which removes the letter axis before the SVD."
+        if centring == "pooled"
+        else "Even within-label PCA lies along the letter axis here: too few pairs per label?"
+    )
+    provenance = _letter_record(provenance, directions, activations.layers, groups, advice)
+    return SteeringVector(directions, activations.layers, provenance)
 
 
 def caa_vector(
@@ -89,23 +348,32 @@ def caa_vector(
     position_rule: PositionRule = "answer",
     batch_size: int = 16,
     progress: bool = True,
+    *,
+    method: VectorMethod = "letter_balanced",
 ) -> SteeringVector:
-    """Extract and build CAA mean-difference vectors in one call.
+    """Extract and build CAA mean-difference vectors in one call (``contrastive_vector``).
+
+    ``method="letter_balanced"`` (default) weighs each matching answer label's mean difference equally,
+    so the vector is the behaviour rather than "A minus B"; ``method="mean_difference"`` is the plain
+    mean of the CAA paper. Memory does not grow with the number of pairs either way.
 
     >>> from caa_lens.tiny import tiny_model
     >>> from caa_lens.data import make_item, ContrastiveDataset
     >>> q = "Sunny?\\n\\nChoices:\\n (A) yes\\n (B) no"
     >>> data = ContrastiveDataset("demo", (make_item(q, "(A)", "(B)"), make_item(q, "(B)", "(A)")))
-    >>> caa_vector(tiny_model(), data, layers=[1, 2], progress=False).directions.shape
-    torch.Size([2, 64])
+    >>> vector = caa_vector(tiny_model(), data, layers=[1, 2], progress=False)
+    >>> vector.directions.shape, vector.provenance.method, vector.provenance.label_counts
+    (torch.Size([2, 64]), 'letter_balanced', {'A': 1, 'B': 1})
 
     Raises:
-        ValueError: ``batch_size`` is not a positive integer, or a layer, site or position rule is
+        ValueError: ``batch_size`` is not a positive integer, a layer, site, position rule or method is
             invalid; checked before any forward pass.
     """
     check_batch_size(batch_size)
+    if method not in ("letter_balanced", "mean_difference"):
+        raise ValueError(f"unknown method {method!r}: expected 'letter_balanced' or 'mean_difference'")
     acts = extract_contrastive(model, dataset, layers, site, position_rule, batch_size, progress=progress)
-    return mean_difference_vector(model, acts)
+    return contrastive_vector(model, acts, method)
 
 
 def prompt_pair_hash(pair: PromptPair) -> str:

@@ -37,6 +37,9 @@ from caa_lens.vectors import SteeringVector
 SCORES = tuple(range(11))
 # The columns of every run_ood row, in order; a generations table's first line has all of them.
 GENERATION_COLUMNS = ("prompt_id", "source", "layer", "multiplier", "prompt", "completion")
+# Where run_ood may steer: CAA's span (end of the user turn on) or the Patterns paper's last token on.
+# Not part of GENERATION_COLUMNS, so tables written before the column existed are still recognised.
+OOD_MODES = ("from_start", "last")
 _LINE_LIMIT = 1 << 22  # a first line longer than this is not one of our rows
 BEHAVIOUR_RUBRIC = (
     "Here is a question and a response.\n\nQuestion: {prompt}\n\nResponse: {completion}\n\n"
@@ -276,11 +279,20 @@ def run_ood(
     seed: int = 0,
     system: str | None = None,
     progress: bool = True,
+    mode: str = "from_start",
 ) -> pd.DataFrame:
     """Steered completions of every prompt at every multiplier, scored if a scorer is given.
 
+    Args:
+        mode: where the vector is added. ``"from_start"`` (CAA): from the last token of the user turn
+            (``steer_start``) on; ``"last"`` (the Patterns paper's setting): the last prompt token and
+            every generated token, the rest of the prompt unsteered. The prompts here end with the
+            assistant header, whose last token is also where CAA's span starts, so the two modes
+            steer the same positions and give the same completions; ``mode`` is validated and
+            recorded in the table so that a run says which setting it reproduces.
+
     Returns one row per prompt x multiplier: ``prompt_id, source, layer, multiplier, prompt,
-    completion`` (``GENERATION_COLUMNS``) and, with a scorer, ``behaviour, coherence``.
+    completion`` (``GENERATION_COLUMNS``), ``mode``, and, with a scorer, ``behaviour, coherence``.
 
     Raises ValueError before anything is generated if there are no prompts, the multipliers are empty,
     repeated, non-finite or overflow float32 with the vector (``check_multipliers``), or a prompt plus
@@ -292,6 +304,8 @@ def run_ood(
         raise ValueError("no prompts to generate from")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if mode not in OOD_MODES:
+        raise ValueError(f"unknown OOD steering mode {mode!r}: expected one of {', '.join(OOD_MODES)}")
     # An empty list would return an empty table (written over earlier output by the CLI).
     values = check_multipliers(multipliers, vector)
     formatted = [format_prompt(model.tokenizer, p.prompt, system=system) for p in prompts]
@@ -309,7 +323,7 @@ def run_ood(
         chunk = cells[b : b + batch_size]
         injections: tuple[Injection, ...] = ()
         if vector is not None and layer is not None:
-            injections = (Injection(vector, layer, torch.tensor([m for _, m in chunk]), "from_start"),)
+            injections = (Injection(vector, layer, torch.tensor([m for _, m in chunk]), mode),)
         result = generate(
             model, [formatted[i] for i, _ in chunk], injections, max_new_tokens, temperature, seed=seed + b
         )
@@ -321,6 +335,7 @@ def run_ood(
                     "source": p.source,
                     "layer": layer,
                     "multiplier": m,
+                    "mode": mode,
                     "prompt": p.prompt,
                     "completion": text,
                 }

@@ -13,6 +13,10 @@ Positions (0-based, in the unpadded sequence):
   ``A`` of ``(A)``, the ``Yes`` of `` Yes``): where CAA reads activations.
 - ``last``: the final token (where the Patterns paper reads and steers, and where next-token
   probabilities are read).
+- ``user_start``: the token holding the first non-space character of the user's text, found by
+  rendering the template with a marker in place of the text. ActAdd (``mode="front"``) anchors its
+  positional vector here: it was read from the raw prompt text, so its rows belong to the user's
+  tokens, not to a template header or system prompt in front of them.
 """
 
 from dataclasses import dataclass
@@ -28,12 +32,17 @@ PLAIN_TEMPLATE = "Input: {user}\nResponse:"
 
 @dataclass(frozen=True)
 class FormattedPrompt:
-    """Token ids of one prompt and the positions of interest in them."""
+    """Token ids of one prompt and the positions of interest in them (see the module docstring).
+
+    ``user_start`` is ``None`` when the user's text cannot be located (an empty message, or a template
+    that rewrites the message); only ``mode="front"`` steering needs it, and refuses such a prompt.
+    """
 
     token_ids: tuple[int, ...]
     text: str
     steer_start: int
     answer_position: int | None
+    user_start: int | None = None
 
     @property
     def last(self) -> int:
@@ -92,6 +101,36 @@ def prompt_text(tokenizer, user: str, system: str | None = None, style: PromptSt
         return _chat_text(tokenizer, user, system)
     body = PLAIN_TEMPLATE.format(user=user)
     return f"{system}\n\n{body}" if system else body
+
+
+def _user_char(tokenizer, user: str, system: str | None, chat: bool, prompt: str) -> int | None:
+    """Index in ``prompt`` of the first non-space character of the user's text, or ``None``.
+
+    Chat: the template is rendered with a marker as the message; what precedes the marker is the
+    template's text before the user turn's content, whatever the family (a default system prompt,
+    a Llama-2 ``<<SYS>>`` block, a system prompt merged into the user turn). Searching the prompt for
+    the user's words instead could land inside a system prompt that happens to contain them.
+    """
+    stripped = user.lstrip()
+    if not stripped.strip():
+        return None
+    if chat:
+        marker = "\u2603user"
+        try:
+            rendered = _chat_text(tokenizer, marker, system)
+        except Exception:  # a template that rejects the marker cannot be located by it
+            return None
+        head = rendered.find(marker)
+        if head < 0 or not prompt.startswith(rendered[:head]):
+            return None
+    else:
+        head = (len(f"{system}\n\n") if system else 0) + PLAIN_TEMPLATE.index("{user}")
+    rest = prompt[head:]
+    if rest.startswith(user):
+        return head + len(user) - len(stripped)
+    if rest.startswith(stripped):  # the template trims the message (Llama-3, Gemma: ``| trim``)
+        return head
+    return None
 
 
 def _tokenizer_prepends_bos(tokenizer) -> bool:
@@ -157,7 +196,13 @@ def format_prompt(
     if letter is not None:
         target = prompt_chars + letter
         answer_position = next(i for i, (s, e) in enumerate(offsets) if s <= target < e)
-    return FormattedPrompt(tuple(ids), text, steer_start, answer_position)
+    # The token holding the user's first character; a token may begin with template text before it
+    # (Llama-2's " I" after "[INST]"), which is still the token that carries the user's first word.
+    user_char = _user_char(tokenizer, user, system, chat, prompt)
+    user_start = None
+    if user_char is not None:
+        user_start = next((i for i, (s, e) in enumerate(offsets) if s <= user_char < e), None)
+    return FormattedPrompt(tuple(ids), text, steer_start, answer_position, user_start)
 
 
 def check_fits(model, length: int, where: str) -> None:

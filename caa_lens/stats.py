@@ -163,7 +163,9 @@ def random_like(vector: SteeringVector, seed: int) -> SteeringVector:
     target = directions.double().cpu().norm(dim=-1, keepdim=True)  # per layer, or per layer and position
     scaled = (noise * target / noise.norm(dim=-1, keepdim=True)).to(directions.dtype).to(directions.device)
     method = f"random (same norm as {vector.provenance.method}; seed {seed})"
-    return replace(vector, directions=scaled, provenance=replace(vector.provenance, method=method))
+    # A random direction is not the original's mix of letter and behaviour: its letter share is unknown.
+    provenance = replace(vector.provenance, method=method, letter_share={})
+    return replace(vector, directions=scaled, provenance=provenance)
 
 
 def _letter_means(

@@ -13,9 +13,16 @@ runs inside the context. The offset is cleared after every pass so a hook can ne
 Modes (``s`` = the row's start column, ``c`` = a column):
 
 - ``"from_start"`` (CAA): add ``m * v`` at every ``c >= s``, generated tokens included.
-- ``"front"`` (ActAdd): add ``m * h[c - s]`` for ``s <= c < s + len(h)``. Purely positional, so the
-  prompt pass is steered and generated tokens only see it through the cache (full recompute adds it
-  again at the same positions, which gives the same result).
+- ``"front"`` (ActAdd): add ``m * h[c - s]`` for ``s <= c < s + len(h)``, where ``s`` is the column of
+  the first token of the *user's text* (``FormattedPrompt.user_start``), not of the formatted prompt:
+  ``h`` was read from the raw prompt pair, so its rows belong to the user's words, and column 0 of a
+  chat prompt is the template's header (SmolLM2: a default system prompt). Purely positional, so
+  the prompt pass is steered and generated tokens only see it through the cache (full recompute adds
+  it again at the same positions, which gives the same result).
+  The BOS row: ActAdd reads ``BOS + prompt`` (``prepend_bos``), and inside a template the BOS (if any)
+  is at column 0, far from the user's text, so row 0 has no counterpart there. It is also the
+  difference of two identical BOS residuals (zero up to float noise: position 0 sees only itself).
+  ``front_rows`` therefore drops it, and row 1 (the pair's first word) lands on the user's first token.
 - ``"last"`` (Patterns paper): the same positional rule as ``from_start``, anchored by the caller at
   the final prompt token, so the last prompt token and every generated token are steered. Steering
   "the last position of each pass" instead would differ between cached and uncached decoding.
@@ -46,7 +53,8 @@ class Injection:
 
     Args:
         vector: the steering vector; ``vector.at(layer)`` is added (``[d_model]``, or ``[pos, d_model]``
-            for ActAdd, which needs ``mode="front"``).
+            for ActAdd, which needs ``mode="front"`` and is added from the user's first token on, its
+            BOS row dropped: ``front_rows``).
         layer: the block whose residual stream is steered (must be one of ``vector.layers``).
         multiplier: a finite float, or a 1-D tensor with one multiplier per batch row (a sweep).
         mode: ``"from_start"``, ``"front"``, ``"last"`` or ``"all"`` (see the module docstring).
@@ -122,10 +130,50 @@ def _start_tensor(start: int | Sequence[int] | Tensor) -> Tensor:
     return columns
 
 
-def _make_hook(injection: Injection, start: Tensor, cursor: _Cursor):
+def _read_with_bos(vector: SteeringVector, tokenizer) -> bool:
+    """Whether a positional vector's row 0 was read at a BOS token (``actadd_vector``'s default)."""
+    settings = vector.provenance.settings
+    # Files written before settings existed used the default, prepend_bos=True.
+    return (
+        vector.provenance.method == "actadd"
+        and bool(settings.get("prepend_bos", True))
+        and getattr(tokenizer, "bos_token_id", None) is not None
+    )
+
+
+def front_rows(injection: Injection, tokenizer) -> Float[Tensor, "pos d_model"]:
+    """The rows ``mode="front"`` adds, the first one at the first token of the user's text.
+
+    An ActAdd vector read with a BOS loses its BOS row (see the module docstring); a 1-D vector is one
+    row (it steers the user's first token only). ``tokenizer`` is the model's: a vector read where the
+    tokenizer has no BOS token has no BOS row.
+
+    >>> import torch
+    >>> from caa_lens.vectors import Provenance
+    >>> prov = Provenance("m", "h", 2, 1, "resid_pre", "all", "actadd", "d", "0", 1, "float32")
+    >>> h = SteeringVector(torch.tensor([[[0.0, 0.0], [1.0, 2.0], [3.0, 4.0]]]), (0,), prov)
+    >>> from caa_lens.tiny import tiny_tokenizer
+    >>> front_rows(Injection(h, 0, mode="front"), tiny_tokenizer()).tolist()
+    [[1.0, 2.0], [3.0, 4.0]]
+    """
     direction = injection.vector.at(injection.layer)
-    if injection.mode == "front" and direction.dim() == 1:
-        direction = direction[None]  # a single vector in front mode steers the start position only
+    if direction.dim() == 1:
+        return direction[None]
+    if _read_with_bos(injection.vector, tokenizer):
+        direction = direction[1:]
+    if direction.shape[0] == 0:
+        raise ValueError(
+            "the ActAdd vector holds only its BOS row: nothing to add at the user's text; "
+            "extract it from non-empty prompts"
+        )
+    return direction
+
+
+def _make_hook(injection: Injection, start: Tensor, cursor: _Cursor, tokenizer):
+    if injection.mode == "front":
+        direction = front_rows(injection, tokenizer)
+    else:
+        direction = injection.vector.at(injection.layer)
     multiplier = injection.multiplier
     mode = injection.mode
 
@@ -183,7 +231,8 @@ def steering(
         model: a TransformerBridge in raw mode.
         injections: one ``Injection`` or several.
         start: the absolute column (in the padded batch) where steering begins: one int for every
-            row, or one per row (see ``steer_start_columns``). Ignored by ``mode="all"``.
+            row, or one per row (see ``steer_start_columns``). For ``mode="front"`` it is the column of
+            the first token of the user's text. Ignored by ``mode="all"``.
 
     >>> import torch
     >>> from caa_lens.tiny import tiny_model
@@ -207,7 +256,7 @@ def steering(
             injection.site or "resid_post",
             allow_mismatch=injection.allow_mismatch,
         )
-        fwd_hooks.append((name, _make_hook(injection, columns, cursor)))
+        fwd_hooks.append((name, _make_hook(injection, columns, cursor, getattr(model, "tokenizer", None))))
     hf_model = getattr(model, "original_model", None)
     if hf_model is None:
         raise NotImplementedError(
@@ -240,15 +289,37 @@ def steer_start_columns(
 ) -> list[int]:
     """Each prompt's steering start as a column of the padded batch (``offsets`` from ``left_pad``).
 
-    ``from_start``: the prompt's ``steer_start`` (CAA); ``last``: its final token; ``front`` and
-    ``all``: its first real token (ActAdd aligns ``h[0]`` with the prompt's first token, the BOS).
+    ``from_start``: the prompt's ``steer_start`` (CAA); ``last``: its final token; ``front``: the first
+    token of the user's text (``user_start``: ActAdd's rows belong to the user's words, not to the
+    template around them); ``all``: its first real token (unused: ``all`` steers every column).
+
+    Raises:
+        ValueError: ``front`` for a prompt whose user text was not located (``user_start is None``).
     """
     if len(prompts) != len(offsets):
         raise ValueError(f"{len(prompts)} prompts but {len(offsets)} offsets")
     if mode not in MODES:
         raise ValueError(f"unknown steering mode {mode!r}: expected one of {', '.join(MODES)}")
-    anchor = {"from_start": lambda p: p.steer_start, "last": lambda p: p.last}.get(mode, lambda p: 0)
-    return [offset + anchor(prompt) for prompt, offset in zip(prompts, offsets, strict=True)]
+    if mode == "front":
+        unlocated = [row for row, prompt in enumerate(prompts) if prompt.user_start is None]
+        if unlocated:
+            raise ValueError(
+                f"prompts {unlocated} have no located user text (FormattedPrompt.user_start is None), "
+                "so an ActAdd (front) vector has nowhere to start: build them with format_prompt from a "
+                "non-empty user message, or give user_start yourself"
+            )
+    return [offset + _anchor(prompt, mode) for prompt, offset in zip(prompts, offsets, strict=True)]
+
+
+def _anchor(prompt: FormattedPrompt, mode: str) -> int:
+    if mode == "from_start":
+        return prompt.steer_start
+    if mode == "last":
+        return prompt.last
+    if mode == "front":
+        assert prompt.user_start is not None  # steer_start_columns refused the others
+        return prompt.user_start
+    return 0
 
 
 def _as_token_ids(model, item: str | FormattedPrompt | Sequence[int]) -> list[int]:

@@ -7,6 +7,12 @@ reads the file, drops a truncated last line (the only damage a kill can do), rec
 that still misses a row, and appends only the missing rows: nothing is lost or duplicated, and as a
 group's batch of questions is fixed by the configuration, recomputed values equal the first run's.
 
+Controls: ``controls=k`` adds, for every named vector, k random vectors of the same per-layer norm
+(``caa_lens.stats.random_like``) named ``random:<vector>:<seed>``, swept as extra vectors of the same
+sweep: they ride on the same prefix pass, and their effects give each cell its null band
+(``effects_summary``). Multiplier 0 is always swept, since every effect is a paired difference
+against it.
+
 Work units are (item, layer) pairs in a fixed order; ``shard=(i, n)`` takes the i-th of n contiguous
 chunks (SLURM: ``shard=(SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT)``), each shard writes its own
 file, and ``merge_results`` joins them, refusing mixed configurations, duplicates and gaps.
@@ -38,14 +44,18 @@ from caa_lens.evaluation import (
 from caa_lens.hooks import check_layers
 from caa_lens.models import model_identity
 from caa_lens.prompts import PromptStyle
+from caa_lens.stats import random_like
 from caa_lens.sweep_io import (
     FORMAT,
+    NULL_PREFIX,
     SweepConfigError,
     SweepFileError,
     SweepTable,
     append_rows,
     check_sweep_output,
+    effects_summary,
     encode_line,
+    format_effects,
     is_summary_csv,
     is_sweep_file,
     load_results,
@@ -55,6 +65,7 @@ from caa_lens.sweep_io import (
     place_locked,
     row_key,
     summarize,
+    verdicts,
     warn_incomplete,
 )
 from caa_lens.vectors import SteeringVector
@@ -65,7 +76,10 @@ __all__ = [
     "SweepRun",
     "check_multipliers",
     "check_sweep_output",
+    "control_name",
     "default_shard",
+    "effects_summary",
+    "format_effects",
     "is_summary_csv",
     "is_sweep_file",
     "load_results",
@@ -74,6 +88,8 @@ __all__ = [
     "run_sweep",
     "shard_units",
     "summarize",
+    "verdicts",
+    "with_controls",
 ]
 
 
@@ -103,6 +119,70 @@ def _named_vectors(vectors: SteeringVector | Mapping[str, SteeringVector]) -> di
     return dict(vectors)
 
 
+def control_name(vector: str, seed: int) -> str:
+    """The name of ``vector``'s random control of seed ``seed``: ``random:<vector>:<seed>``.
+
+    ``caa_lens.stats.with_null`` reads this name to pair a control with the vector it controls.
+
+    >>> control_name("refusal", 2)
+    'random:refusal:2'
+    """
+    return f"{NULL_PREFIX}:{vector}:{seed}"
+
+
+def _is_null_name(name: str) -> bool:
+    return name == NULL_PREFIX or name.startswith(f"{NULL_PREFIX}:")
+
+
+def _check_count(value: object, option: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{option} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def with_controls(
+    vectors: Mapping[str, SteeringVector], controls: int, seed: int = 0
+) -> dict[str, SteeringVector]:
+    """``vectors`` followed by ``controls`` random vectors of the same per-layer norm for each of them.
+
+    The control of ``name`` with seed ``s`` (``seed <= s < seed + controls``) is
+    ``random_like(vectors[name], s)`` named ``control_name(name, s)``. Every vector gets the same seeds,
+    so two vectors' controls share their random directions, each scaled to its own vector's norms: their
+    null bands differ only through the norms, which keeps them comparable.
+
+    Raises:
+        ValueError: ``controls`` or ``seed`` is not a whole number >= 0, or (with controls) a given
+            vector's name is one the controls use (``random`` or ``random:...``).
+    """
+    _check_count(controls, "controls")
+    _check_count(seed, "control_seed")
+    named = dict(vectors)
+    if not controls:
+        return named
+    reserved = sorted(name for name in named if _is_null_name(name))
+    if reserved:
+        raise ValueError(
+            f"vector names {reserved} are reserved for random controls ({NULL_PREFIX}:<vector>:<seed>); "
+            f"rename those vectors, or sweep them with controls=0 if they are your own controls"
+        )
+    for name, vector in vectors.items():
+        for s in range(seed, seed + controls):
+            named[control_name(name, s)] = random_like(vector, s)
+    return named
+
+
+def _with_zero(values: tuple[float, ...]) -> tuple[float, ...]:
+    """``values`` with multiplier 0 (the unsteered baseline every effect is paired with) added, sorted in."""
+    if 0.0 in values:
+        return values
+    warnings.warn(
+        f"multiplier 0 added to the sweep's multipliers {list(values)}: every effect is a paired "
+        f"difference against the unsteered run on the same items",
+        stacklevel=3,
+    )
+    return tuple(sorted((*values, 0.0)))
+
+
 def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
     index, count = (int(x) for x in shard)
     if count < 1 or not 0 <= index < count:
@@ -129,9 +209,18 @@ def sweep_config(
     split: SplitRule,
     system: str | None,
     style: str,
+    controls: int = 0,
+    control_seed: int = 0,
 ) -> dict:
-    """Everything the results depend on; a file is resumed only under an identical configuration."""
+    """Everything the results depend on; a file is resumed only under an identical configuration.
+
+    ``controls`` is recorded only when there are some, so files written before controls existed (and
+    sweeps without them) keep the configuration they had and resume as before.
+    """
     identity = model_identity(model)
+    recorded = (
+        {"controls": {"count": controls, "seed": control_seed, "prefix": NULL_PREFIX}} if controls else {}
+    )
     return {
         "model": identity.name,
         "model_config_hash": identity.config_hash,
@@ -146,6 +235,7 @@ def sweep_config(
         "split": split,
         "system": system,
         "style": style,
+        **recorded,
     }
 
 
@@ -285,6 +375,8 @@ def run_sweep(
     system: str | None = None,
     style: PromptStyle = "auto",
     progress: bool = True,
+    controls: int = 0,
+    control_seed: int = 0,
 ) -> SweepRun:
     """Sweep behaviour probability over layers x multipliers x vectors into ``path`` (JSONL), resumably.
 
@@ -292,17 +384,24 @@ def run_sweep(
     path (a new file, or a results table caa_lens wrote; ``check_sweep_output``), the layers, the
     multipliers (``check_multipliers``), and every prompt's length against the model's context. A
     call that fails before its first rows are computed leaves the file as it was (or absent).
+    Report the results with ``effects_summary(load_results(path))``.
 
     Args:
         vectors: one vector, or several by name (the ``vector`` column).
         layers: layers to steer (each vector needs a direction there).
         multipliers: distinct finite numbers; ``|m|`` times the largest vector norm must fit float32.
+            Multiplier 0 is added (with a warning) when missing: effects are paired against it.
         path: the results file; an existing file of the same configuration and shard is resumed, and a
             header-only file (no results yet) of another configuration is replaced, with a warning.
         shard: ``(i, n)``: compute only the i-th of n deterministic chunks of the work.
         batch_size: questions per prefix pass; each layer's suffix pass has
             ``batch_size * len(vectors) * len(multipliers)`` rows.
         split: ``"from_start"`` (CAA: steer from the end of the user turn) or ``"last"``.
+        controls: random vectors of the same per-layer norm to sweep beside each vector, named
+            ``random:<vector>:<seed>`` (``with_controls``), for the null band. They share the prefix
+            pass, but each multiplies the suffix pass's rows (and its memory) like another vector.
+        control_seed: the first control's seed; the seeds are ``control_seed .. control_seed+controls-1``.
+            Both are recorded in the header: a file is resumed only with the same controls.
 
     Raises:
         OutputError: ``path`` is a file caa_lens did not write.
@@ -312,17 +411,21 @@ def run_sweep(
             group is written).
     """
     path = check_sweep_output(path)
-    named = _named_vectors(vectors)
+    given = _named_vectors(vectors)
     chosen = check_layers(model, list(layers))
-    missing = [(n, layer) for n, v in named.items() for layer in chosen if layer not in v.layers]
+    missing = [(n, layer) for n, v in given.items() for layer in chosen if layer not in v.layers]
     if missing:
         raise ValueError(f"vectors lack directions for (vector, layer) {missing}")
-    values = check_multipliers(multipliers, {n: v.select(chosen) for n, v in named.items()})
+    # Controls have the given vectors' norms, so checking the given ones covers them.
+    values = _with_zero(check_multipliers(multipliers, {n: v.select(chosen) for n, v in given.items()}))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     shard = _check_shard(shard)
+    named = with_controls(given, controls, control_seed)
     prompts = scoring_prompts(model.tokenizer, dataset, system, style, model)  # checks every length
-    config = sweep_config(model, dataset, named, chosen, values, batch_size, split, system, style)
+    config = sweep_config(
+        model, dataset, named, chosen, values, batch_size, split, system, style, controls, control_seed
+    )
     units = shard_units(len(dataset), chosen, shard)
     done: set = set()
     with _ResultsFile(path, {"format": FORMAT, "config": config, "shard": list(shard)}, done) as table:

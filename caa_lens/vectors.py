@@ -91,17 +91,28 @@ class Provenance:
     # Settings that change the values (batch size, system prompt, prompt style, model dtype, ActAdd's
     # BOS...), so two vectors that differ only through them can be told apart. {} in older files.
     settings: dict[str, object] = field(default_factory=dict)
+    # Pairs per matching answer label of the data the vector was built from, e.g. {"A": 58, "B": 62}
+    # (which of ``method``'s means could cancel the answer letter). {} for ActAdd, for vectors combined
+    # from others, and in files that predate it.
+    label_counts: dict[str, int] = field(default_factory=dict)
+    # Per layer (keys: the layer numbers as strings, as JSON stores them): the share of the direction
+    # that is the answer letter, its squared cosine with the letter axis (half the difference of the
+    # per-label mean differences; ``caa_lens.stats.letter_share``). {} where it is unknown: older files,
+    # combined or random vectors, data with one matching label or more than two.
+    letter_share: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # Stored as the JSON it round-trips through, so a loaded provenance equals the saved one.
-        try:
-            canonical = json.loads(json.dumps(dict(self.settings), sort_keys=True, allow_nan=False))
-        except (TypeError, ValueError) as err:
-            raise ValueError(
-                f"provenance settings must be JSON values (str, number, bool, None, lists, dicts): "
-                f"{self.settings!r} ({err})"
-            ) from err
-        object.__setattr__(self, "settings", canonical)
+        # Stored as the JSON they round-trip through, so a loaded provenance equals the saved one.
+        for name in ("settings", "label_counts", "letter_share"):
+            value = getattr(self, name)
+            try:
+                canonical = json.loads(json.dumps(dict(value), sort_keys=True, allow_nan=False))
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"provenance {name} must be JSON values (str, number, bool, None, lists, dicts): "
+                    f"{value!r} ({err})"
+                ) from err
+            object.__setattr__(self, name, canonical)
 
     def to_json(self) -> dict:
         return asdict(self) | {"overrides": list(self.overrides)}
@@ -224,6 +235,9 @@ class SteeringVector:
             n_pairs=p.n_pairs + q.n_pairs,
             model_weights_hash=p.model_weights_hash or q.model_weights_hash,
             settings=p.settings if p.settings == q.settings else {"terms": [p.settings, q.settings]},
+            # A sum's letter share is not either term's; the terms' own records stay with them.
+            label_counts={},
+            letter_share={},
         )
         return SteeringVector(self.directions + sign * other.directions, self.layers, combined)
 

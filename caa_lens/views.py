@@ -1,20 +1,18 @@
 """Token-level views: how strongly each token's residual stream points along a steering vector.
 
-``token_projections`` generates a (steered) continuation of a prompt, then runs one forward pass over
-prompt + generated tokens under the same injections and reads the residual stream at the vector's
-layer: each token gets the scalar projection ``<resid, v> / ||v||`` and the cosine.
-
-What the read sees: ``run_with_cache`` appends its cache hook after the steering hooks on the hook
-point, and hooks run in registration order, so reading the steered site gives the value *after* the
-injection: at steered positions the projection is ``m * ||v||`` above the same tokens read unsteered,
-elsewhere identical (tested). ``continuation=`` with ``injections=()`` reads a steered text through the
-unsteered model. Renderers: ``show`` (inline in Jupyter), ``render_html`` / ``save_html`` (offline HTML),
-``plot_projection`` (static matplotlib).
+``token_projections`` generates a (steered) continuation of a prompt, then reads the residual stream
+at the vector's layer over prompt + generated tokens *without* steering: each token gets the scalar
+projection ``<resid, v> / ||v||`` of the model's own residual and its cosine. What the steering adds
+at the read site is reported apart, in ``injected`` (``m * <v_inj, v> / ||v||`` per token where an
+injection adds at that layer and site, 0 elsewhere), so the two are never confused: reading inside
+the steering context would show ``resid + m * v`` at steered tokens, ``m * ||v||`` above the model's
+own value by construction. Renderers: ``show`` (inline in Jupyter), ``render_html`` / ``save_html``
+(offline HTML), ``plot_projection`` (static matplotlib).
 """
 
 import html
+import math
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,25 +28,30 @@ from torch import Tensor
 
 from caa_lens.files import atomic_write_bytes
 from caa_lens.generation import generate
-from caa_lens.hooks import check_layer, hook_name, stop_layer_for
+from caa_lens.hooks import check_layer, check_site, hook_name, stop_layer_for
 from caa_lens.outputs import check_output_file
 from caa_lens.prompts import FormattedPrompt, format_prompt
-from caa_lens.steering import MODES, Injection, steer_start_columns, steering
+from caa_lens.steering import Injection, front_rows, steer_start_columns
 from caa_lens.vectors import SteeringVector
 
 
 @dataclass(frozen=True, eq=False)
 class TokenProjection:
-    """Per-token projections of the residual stream onto a steering vector.
+    """Per-token projections of the model's own residual stream onto a steering vector.
 
     Attributes:
         tokens, token_ids: each token decoded on its own, and its id (prompt, then generated tokens).
-        projections: ``<resid(t), v> / ||v||`` at ``layer``/``site`` (after any injection there).
-        cosines: ``<resid(t), v> / (||resid(t)|| ||v||)``.
+        projections: ``<resid(t), v> / ||v||`` at ``layer``/``site``, read *without* steering: the
+            model's own residual on these tokens (the tokens themselves come from the steered run).
+        cosines: ``<resid(t), v> / (||resid(t)|| ||v||)``, of the same unsteered residual.
         n_prompt: the first ``n_prompt`` tokens are the prompt, the rest were generated.
         steered: True where an injection added something (at any of the injections' layers).
         layer, site: the residual stream read (``site``: ``resid_pre``, ``resid_mid`` or ``resid_post``).
         vector_norm: ``||v||`` at ``layer``.
+        injected: what the injections add at this very layer and site, projected the same way:
+            ``m * <v_inj, v> / ||v||`` (``m * ||v||`` when steering with ``v`` itself) at the tokens
+            they steer, 0 elsewhere. Injections at other layers add nothing here (0); their effect
+            on this layer reaches it through the network and is in neither field.
     """
 
     tokens: tuple[str, ...]
@@ -60,11 +63,15 @@ class TokenProjection:
     layer: int
     site: str
     vector_norm: float
+    injected: Float[Tensor, " pos"]
 
     def __post_init__(self) -> None:
-        sizes = {len(x) for x in (self.tokens, self.token_ids, self.projections, self.cosines, self.steered)}
+        fields = (self.tokens, self.token_ids, self.projections, self.cosines, self.steered, self.injected)
+        sizes = {len(x) for x in fields}
         if len(sizes) != 1 or not 0 <= self.n_prompt <= len(self.tokens):
-            raise ValueError("tokens, ids, projections, cosines and steered need one entry per token")
+            raise ValueError(
+                "tokens, ids, projections, cosines, steered and injected need one entry per token"
+            )
 
     @property
     def generated(self) -> Bool[Tensor, " pos"]:
@@ -86,23 +93,65 @@ def _as_prompt(model, prompt: str | FormattedPrompt | Sequence[int]) -> Formatte
     ids = tuple(int(t) for t in prompt)
     if not ids:
         raise ValueError("the prompt has no tokens")
-    # Raw ids carry no template, so there is no end of the user turn: CAA steers from the last token.
-    return FormattedPrompt(ids, model.tokenizer.decode(list(ids)), len(ids) - 1, None)
+    # Raw ids carry no template: CAA steers from the last token (nothing marks the end of a user
+    # turn), and the whole sequence after a leading BOS is the user's text (ActAdd's anchor).
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    user_start = 1 if ids[0] == bos and len(ids) > 1 else 0
+    return FormattedPrompt(ids, model.tokenizer.decode(list(ids)), len(ids) - 1, None, user_start)
 
 
-def _steered_mask(injections: tuple[Injection, ...], prompt: FormattedPrompt, length: int) -> Tensor:
-    """Positions each injection's mode adds to (the rules of ``caa_lens.steering``)."""
-    positions, mask = torch.arange(length), torch.zeros(length, dtype=torch.bool)
+def _injection_mask(model, injection: Injection, prompt: FormattedPrompt, length: int) -> Tensor:
+    """Positions one injection adds to (the rules of ``caa_lens.steering``, batch of one)."""
+    positions = torch.arange(length)
+    if injection.mode == "all":
+        return torch.ones(length, dtype=torch.bool)
+    start = steer_start_columns([prompt], [0], injection.mode)[0]
+    if injection.mode == "front":
+        width = front_rows(injection, model.tokenizer).shape[0]
+        return (positions >= start) & (positions < start + width)
+    return positions >= start
+
+
+def _stream(layer: int, site: str) -> tuple[int, str]:
+    """One key per residual tensor: block L's output is block L+1's input (the same tensor)."""
+    return (layer + 1, "resid_pre") if site == "resid_post" else (layer, site)
+
+
+def _one_multiplier(injection: Injection) -> float:
+    multiplier = injection.multiplier
+    if isinstance(multiplier, Tensor):
+        if multiplier.numel() != 1:
+            raise ValueError(
+                f"token_projections reads one prompt: give each injection one multiplier, "
+                f"not a tensor of {multiplier.numel()}"
+            )
+        return float(multiplier.reshape(-1)[0])
+    return float(multiplier)
+
+
+def _injected(
+    model,
+    injections: tuple[Injection, ...],
+    prompt: FormattedPrompt,
+    length: int,
+    read: tuple[int, str],
+    unit: Float[Tensor, " d_model"],
+) -> Float[Tensor, " pos"]:
+    """``m * <v_inj, unit>`` at the positions where an injection adds at the read residual, else 0."""
+    injected = torch.zeros(length, dtype=torch.float64)
     for injection in injections:
-        start = steer_start_columns([prompt], [0], injection.mode)[0]
-        if injection.mode == "all":
-            mask[:] = True
-        elif injection.mode == "front":
-            width = injection.vector.at(injection.layer).reshape(-1, injection.vector.provenance.d_model)
-            mask |= (positions >= start) & (positions < start + width.shape[0])
+        if _stream(check_layer(model, injection.layer), check_site(injection.site or "")) != read:
+            continue
+        m = _one_multiplier(injection)
+        if injection.mode == "front":
+            rows = front_rows(injection, model.tokenizer).double().cpu() @ unit  # one value per row
+            start = steer_start_columns([prompt], [0], "front")[0]
+            covered = max(0, min(len(rows), length - start))  # the rows that land on these tokens
+            injected[start : start + covered] += m * rows[:covered]
         else:
-            mask |= positions >= start
-    return mask
+            mask = _injection_mask(model, injection, prompt, length)
+            injected[mask] += m * float(injection.vector.at(injection.layer).double().cpu() @ unit)
+    return injected
 
 
 def token_projections(
@@ -118,19 +167,25 @@ def token_projections(
     temperature: float = 0.0,
     seed: int = 0,
 ) -> TokenProjection:
-    """Project each token's residual stream onto ``vector`` for a prompt and its steered generation.
+    """Project each token's own residual onto ``vector`` for a prompt and its steered generation.
+
+    The tokens come from the steered generation; the residual is then read on those tokens with no
+    steering, and what the injections add at the read site is reported apart (``injected``). Call it
+    outside any steering context, or that context's steering is in the read.
 
     Args:
         model: a TransformerBridge in raw mode.
         prompt: a ``FormattedPrompt``, a user message (formatted with the model's template) or raw
-            token ids (steered from their last token, as nothing marks a user turn).
+            token ids (steered from their last token, as nothing marks a user turn; ActAdd starts
+            after a leading BOS).
         vector: the direction to project onto; ``vector.at(layer)`` must be 1-D (not ActAdd's).
         layer: the block whose residual stream is read.
-        injections: steering applied both while generating and during the read.
+        injections: the steering that generates the continuation (and that ``steered`` and
+            ``injected`` describe); a tensor multiplier must hold one value.
         site: the residual site read; ``None`` means the vector's own site.
         max_new_tokens: the most tokens generated (0: the prompt only).
-        continuation: fixed tokens to read instead of generating (e.g. a steered generation read
-            with ``injections=()``).
+        continuation: fixed tokens to read instead of generating (e.g. an earlier steered generation,
+            with the injections that made it).
         temperature: 0 for greedy decoding, else sampling with ``seed``.
         seed: the sampling seed.
 
@@ -142,6 +197,8 @@ def token_projections(
     >>> view = token_projections(model, "Is it sunny?", v, 1, Injection(v, 1, 4.0), max_new_tokens=3)
     >>> len(view.tokens) == len(view.projections) == view.n_prompt + 3
     True
+    >>> round(float(view.injected[-1]) / view.vector_norm, 6)  # m * ||v|| where v itself is added
+    4.0
     """
     layer = check_layer(model, layer)
     direction = vector.at(layer)
@@ -150,38 +207,51 @@ def token_projections(
     norm = float(direction.double().norm())
     if norm == 0:
         raise ValueError(f"the vector is zero at layer {layer}: projections onto it are undefined")
-    site = site or vector.provenance.site
+    site = check_site(site or vector.provenance.site)
     name = hook_name(model, layer, site)
     injections = (injections,) if isinstance(injections, Injection) else tuple(injections)
+    for injection in injections:
+        _one_multiplier(injection)  # refused before anything is generated
     formatted = _as_prompt(model, prompt)
     if continuation is None:
         result = generate(model, [formatted], injections, max_new_tokens, temperature=temperature, seed=seed)
         continuation = result.token_ids[0]
     ids = formatted.token_ids + tuple(int(t) for t in continuation)
 
-    with torch.inference_mode(), ExitStack() as stack:
-        # One context per mode, anchored exactly as ``generate`` anchors it, so the read pass is
-        # steered at the same positions as the generation was (batch of one: no padding offset).
-        for mode in MODES:
-            group = [injection for injection in injections if injection.mode == mode]
-            if group:
-                stack.enter_context(steering(model, group, start=steer_start_columns([formatted], [0], mode)))
-        # Injections go through the steering context only: run_with_cache(fwd_hooks=...) ignores hooks.
+    # The read runs outside any steering context: the model's own residual on the steered tokens.
+    with torch.inference_mode():
         tokens_in, stop = torch.tensor([ids], device=model.cfg.device), stop_layer_for((layer,))
         _, cache = model.run_with_cache(tokens_in, names_filter=[name], stop_at_layer=stop)
-    resid = cache[name][0].double().cpu()  # [pos, d_model]; float64 sums keep the m * ||v|| shift exact
-    dots = resid @ direction.double().cpu()
+    resid = cache[name][0].double().cpu()  # [pos, d_model]; float64 keeps the projections exact
+    unit = direction.double().cpu() / norm
+    dots = resid @ unit
     # A zero residual (never seen in practice) gets cosine 0 rather than NaN.
-    cosines = dots / (resid.norm(dim=-1) * norm).clamp_min(torch.finfo(torch.float64).tiny)
+    cosines = dots / resid.norm(dim=-1).clamp_min(torch.finfo(torch.float64).tiny)
     tokens = tuple(model.tokenizer.decode([t]) for t in ids)
-    steered = _steered_mask(injections, formatted, len(ids))
-    return TokenProjection(tokens, ids, dots / norm, cosines, len(formatted), steered, layer, site, norm)
+    steered = torch.zeros(len(ids), dtype=torch.bool)
+    for injection in injections:
+        steered |= _injection_mask(model, injection, formatted, len(ids))
+    injected = _injected(model, injections, formatted, len(ids), _stream(layer, site), unit)
+    return TokenProjection(tokens, ids, dots, cosines, len(formatted), steered, layer, site, norm, injected)
 
 
 def _colour_limit(values: Tensor) -> float:
     # All tokens but the first: an attention sink, it can be 100x the rest and wash every token out.
     rest = values[1:] if len(values) > 1 else values
     return float(rest.abs().max().clamp_min(1e-6))
+
+
+def _injected_note(p: TokenProjection) -> str:
+    """What the caption says about the injected part (left out of the colours)."""
+    if p.steer_start is None:
+        return "not steered"
+    steered = f"steered from token {p.steer_start}"
+    values = p.injected[p.injected != 0]
+    if not len(values):
+        return f"{steered} (at other layers or sites: nothing is added to this residual)"
+    low, high = float(values.min()), float(values.max())
+    amount = f"{low:.3g}" if math.isclose(low, high, rel_tol=1e-6) else f"{low:.3g} to {high:.3g}"
+    return f"{steered}; the injection adds {amount} per steered token here, not included in the colours"
 
 
 def show(projection: TokenProjection) -> RenderedHTML:
@@ -191,11 +261,11 @@ def show(projection: TokenProjection) -> RenderedHTML:
     # derail it. A zero-width space keeps the text looking the same while breaking the sequence.
     tokens = [t.replace("</", "<\u200b/").replace("<!--", "<\u200b!--") for t in p.tokens]
     rendered = colored_tokens(tokens, p.projections.tolist(), min_value=-limit, max_value=limit)
-    steer = "not steered" if p.steer_start is None else f"steered from token {p.steer_start}"
     caption = (
-        f"<p style='font-family:sans-serif;font-size:13px'>Projection onto the steering vector, layer "
-        f"{p.layer} ({html.escape(p.site)}), ||v|| = {p.vector_norm:.3g}: prompt = tokens 0-{p.n_prompt - 1}, "
-        f"generated = tokens {p.n_prompt}-{len(p.tokens) - 1}, {steer}.</p>"
+        f"<p style='font-family:sans-serif;font-size:13px'>Projection of the model's own residual "
+        f"(read without steering) onto the steering vector, layer {p.layer} ({html.escape(p.site)}), "
+        f"||v|| = {p.vector_norm:.3g}: prompt = tokens 0-{p.n_prompt - 1}, generated = tokens "
+        f"{p.n_prompt}-{len(p.tokens) - 1}, {html.escape(_injected_note(p))}.</p>"
     )
     return RenderedHTML(caption + rendered.local_src, caption + rendered.local_src)
 
@@ -224,12 +294,14 @@ def is_token_view_page(path: str | Path) -> bool:
 
 
 def plot_projection(projection: TokenProjection, ax: Axes | None = None) -> Figure:
-    """A static figure: one bar per token coloured by its projection, generation and steering marked.
+    """A static figure: one bar per token coloured by the projection of the model's own residual.
 
-    The y range ignores the first token (an outlier bar is clipped and labelled). In a notebook the
-    returned figure is shown once, as the cell's value.
+    What the steering adds at this layer and site is drawn apart, as a hatched outline stacked on
+    each steered bar (``injected``), so the filled bars never include it. Generation and the start
+    of steering are marked. The y range ignores the first token (an outlier bar is clipped and
+    labelled). In a notebook the returned figure is shown once, as the cell's value.
     """
-    p, values = projection, projection.projections.numpy()
+    p, values, injected = projection, projection.projections.numpy(), projection.injected.numpy()
     n = len(values)
     if ax is None:
         import matplotlib.pyplot as plt  # pyplot sets up Jupyter's display of Figure objects
@@ -239,12 +311,27 @@ def plot_projection(projection: TokenProjection, ax: Axes | None = None) -> Figu
         ax = fig.add_subplot()
     norm = TwoSlopeNorm(0.0, -_colour_limit(p.projections), _colour_limit(p.projections))
     ax.bar(range(n), values, color=[colormaps["RdBu_r"](norm(x)) for x in values])
-    low, high = min(0.0, float(values[1:].min(initial=0))), max(0.0, float(values[1:].max(initial=0)))
+    shown = [values[1:]]
+    if (injected != 0).any():
+        at = injected.nonzero()[0]
+        ax.bar(
+            at,
+            injected[at],
+            bottom=values[at],
+            fill=False,
+            edgecolor="0.2",
+            hatch="///",
+            lw=0.6,
+            label="injected (m v·v/||v||)",
+        )
+        shown.append((values + injected)[1:])
+    low = min(0.0, *(float(x.min(initial=0)) for x in shown))
+    high = max(0.0, *(float(x.max(initial=0)) for x in shown))
     pad = 0.1 * (high - low or 1.0)
     ax.set_ylim(low - pad, high + pad)
     if n and not low - pad <= values[0] <= high + pad:
-        at = high if values[0] > 0 else low
-        ax.annotate(f"{values[0]:.3g}", (0, at), ha="left", fontsize=7, bbox={"fc": "white", "lw": 0})
+        at_first = high if values[0] > 0 else low
+        ax.annotate(f"{values[0]:.3g}", (0, at_first), ha="left", fontsize=7, bbox={"fc": "white", "lw": 0})
     if p.n_prompt < n:
         ax.axvspan(p.n_prompt - 0.5, n - 0.5, color="0.9", zorder=0, label="generated")
     if p.steer_start is not None:
@@ -254,8 +341,10 @@ def plot_projection(projection: TokenProjection, ax: Axes | None = None) -> Figu
     labels = [t.replace("\n", "\\n").replace(" ", "\u00b7").replace("$", r"\$") or "∅" for t in p.tokens]
     ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
     ax.set_xlim(-0.6, n - 0.4)
-    ax.set_ylabel("<resid, v> / ||v||")
-    ax.set_title(f"Projection onto the steering vector, layer {p.layer} ({p.site})")
-    if p.n_prompt < n or p.steer_start is not None:
+    ax.set_ylabel("own <resid, v> / ||v||")
+    ax.set_title(
+        f"Model's own residual (read unsteered) projected on the steering vector, layer {p.layer} ({p.site})"
+    )
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper left", fontsize=7)
     return ax.figure.figure  # type: ignore[return-value]  # the root figure, even from a subfigure

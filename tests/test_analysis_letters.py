@@ -53,7 +53,7 @@ def test_balanced_mean_difference_cancels_the_letter(tiny):
     vector = letter_balanced_vector(
         tiny, activations_from(planted_examples(6, d=tiny.cfg.d_model)[0], (1, 2))
     )
-    assert vector.layers == (1, 2) and "letter-balanced" in vector.provenance.method
+    assert vector.layers == (1, 2) and vector.provenance.method == "letter_balanced"
 
 
 def test_decomposition_needs_both_letters():
@@ -71,3 +71,25 @@ def test_balanced_indices():
     assert letter_counts(data, balanced_indices(data, 5)) == {"A": 3, "B": 2}
     with pytest.raises(ValueError, match="matching 'A'"):
         balanced_indices(data, 14)
+
+
+def test_letter_functions_use_the_stats_module_and_per_label_sums(tiny):
+    """The balanced mean is caa_lens.stats' letter_balanced_mean; the decomposition's letter shares are
+    stats' letter_share; both work from an extraction's per-label sums without examples."""
+    from caa_lens import stats
+    from caa_lens.extraction import extract_contrastive
+
+    acts, _u, _w = unbalanced()
+    assert acts.examples is not None
+    diffs = acts.examples.positive.double() - acts.examples.negative.double()
+    labels = acts.examples.positive_labels
+    expected = stats.letter_balanced_mean(diffs, labels).float()
+    torch.testing.assert_close(balanced_mean_difference(acts), expected)
+    table = letter_decomposition(acts).table
+    axis = stats.letter_axis(diffs, labels)
+    assert table.letter_share_mean.tolist() == pytest.approx(stats.letter_share(diffs.mean(0), axis).tolist())
+    assert table.letter_share_balanced.tolist() == pytest.approx([0.0, 0.0], abs=1e-9)
+    flat = extract_contrastive(tiny, toy_dataset(6), layers=[1, 2], progress=False)  # no examples
+    assert flat.examples is None
+    assert letter_decomposition(flat).table.shape[0] == 2
+    assert balanced_mean_difference(flat).shape == (2, tiny.cfg.d_model)

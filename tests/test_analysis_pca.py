@@ -108,3 +108,27 @@ def test_pair_accuracy_ignores_an_unbalanced_letter():
     assert pair_accuracy(examples, 0, train, test) == 1.0
     table = separability(examples, (0,)).table
     assert "pair_accuracy" in table.columns and table.pair_accuracy.iloc[0] == 1.0
+
+
+def split_by_sign(values: torch.Tensor, group: torch.Tensor) -> bool:
+    """True when every member of ``group`` has one sign and every other value the opposite one."""
+    inside, outside = torch.sign(values[group]).unique(), torch.sign(values[~group]).unique()
+    return len(inside) == len(outside) == 1 and bool(inside * outside == -1)
+
+
+def test_pca_projections_within_letter_takes_the_letter_out():
+    """A letter 20x the behaviour: pooled PC1 separates the answer letters; centred within each
+    letter, PC1 separates the behaviour sides instead."""
+    examples, _, _ = planted_examples(60, d=16, n_layers=1, behaviour_scale=1.0, letter_scale=20.0, noise=0.1)
+    letters = examples.positive_labels + examples.negative_labels
+    is_a = torch.tensor([x == "A" for x in letters])
+    pooled = pca_projections(examples, (0,))
+    first = pooled.coordinates[0, :, 0]
+    assert pooled.centring == "pooled"
+    assert split_by_sign(first, is_a)  # the letters apart
+    within = pca_projections(examples, (0,), centring="within_letter")
+    first = within.coordinates[0, :, 0]
+    assert within.centring == "within_letter" and within.letters == pooled.letters
+    assert split_by_sign(first, within.side == 1) and not split_by_sign(first, is_a)  # the sides apart
+    with pytest.raises(ValueError, match="unknown centring 'letter'"):
+        getattr(pca_projections, "__wrapped__", pca_projections)(examples, (0,), centring="letter")

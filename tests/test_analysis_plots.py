@@ -33,15 +33,18 @@ def small_results() -> dict:
         torch.randn(4, 8, generator=torch.Generator().manual_seed(0)), (0, 1, 2, 3), provenance
     )
     examples, _, _ = planted_examples(20, d=8, n_layers=4)
-    table = pd.DataFrame(
+    ratio_table = pd.DataFrame(
         {
-            "ratio": [0.1, 0.5, 1.0],
-            "multiplier": [1.0, 5.0, 10.0],
-            "p_matching": [0.6, 0.7, 0.8],
-            "behaviour_change": [0.05, 0.15, 0.25],
-            "perplexity": [10.0, 11.0, 14.0],
-            "perplexity_increase": [0.0, 0.1, 0.4],
-            "efficiency": [float("nan"), 1.5, 0.6],
+            "ratio": [0.1, 0.5, 1.0, -0.1, -0.5, -1.0],
+            "multiplier": [1.0, 5.0, 10.0, -1.0, -5.0, -10.0],
+            "p_matching": [0.6, 0.7, 0.8, 0.5, 0.4, 0.3],
+            "behaviour_change": [0.05, 0.15, 0.25, 0.05, 0.15, 0.25],
+            "behaviour_change_low": [0.0, 0.1, 0.15, -0.01, 0.1, 0.2],
+            "behaviour_change_high": [0.1, 0.2, 0.35, 0.1, 0.2, 0.3],
+            "perplexity": [10.0, 11.0, 14.0, 10.1, 10.8, 13.0],
+            "perplexity_increase": [0.0, 0.1, 0.4, 0.01, 0.08, 0.3],
+            "perplexity_increase_low": [-0.01, 0.05, 0.3, 0.0, 0.04, 0.2],
+            "perplexity_increase_high": [0.01, 0.15, 0.5, 0.02, 0.12, 0.4],
         }
     )
     history = pd.DataFrame(
@@ -63,15 +66,38 @@ def small_results() -> dict:
         {
             "n": n,
             "layer": layer,
-            "cosine_to_full": c,
+            "cosine_to_heldout": c,
             "ci_low": c - 0.1,
             "ci_high": min(1.0, c + 0.1),
+            "null_mean": 0.0,
+            "null_low": -0.3,
+            "null_high": 0.3,
+            "vs_null": "above null",
             "split_half": c - 0.05,
             "norm": 1.0,
+            "share_first_letter": 0.5,
         }
         for n, c in ((1, 0.5), (2, 0.7), (5, 0.9), (8, 1.0))
         for layer in (0, 1)
     ]
+    effect_table = pd.DataFrame(
+        {
+            "n": [1, 2, 5],
+            "plus": [0.6, 0.7, 0.8],
+            "minus": [0.4, 0.3, 0.2],
+            "effect": [0.2, 0.4, 0.6],
+            "plus_effect": [0.1, 0.2, 0.3],
+            "plus_low": [0.0, 0.1, 0.2],
+            "plus_high": [0.2, 0.3, 0.4],
+            "minus_effect": [-0.1, -0.2, -0.3],
+            "minus_low": [-0.2, -0.3, -0.4],
+            "minus_high": [0.0, -0.1, -0.2],
+            "null_plus_low": [-0.05] * 3,
+            "null_plus_high": [0.05] * 3,
+            "null_minus_low": [-0.05] * 3,
+            "null_minus_high": [0.05] * 3,
+        }
+    )
     return {
         "layer_similarity": layer_similarity(vector),
         "behaviour": BehaviourSimilarity(("a", "b"), (0, 1), torch.eye(2).repeat(2, 1, 1)),
@@ -87,16 +113,11 @@ def small_results() -> dict:
                 }
             )
         ),
-        "ratio": RatioTradeoff(1, 10.0, 0.55, 10.0, 0.01, table, 0.5),
-        "scaling": SampleSizeScaling((1, 2, 5, 8), (0, 1), 8, 0.95, pd.DataFrame(scaling_rows)),
-        "effect": SizeEffect(
-            1,
-            4.0,
-            0.5,
-            pd.DataFrame(
-                {"n": [1, 2, 5], "plus": [0.6, 0.7, 0.8], "minus": [0.4, 0.3, 0.2], "effect": [0.2, 0.4, 0.6]}
-            ),
+        "ratio": RatioTradeoff(
+            1, 10.0, 0.55, 10.0, 0.1, ratio_table, 0.5, "ratio 0.5: largest effect within budget"
         ),
+        "scaling": SampleSizeScaling((1, 2, 5, 8), (0, 1), 8, 0.95, pd.DataFrame(scaling_rows), 5, 20),
+        "effect": SizeEffect(1, 4.0, 0.5, effect_table, 3),
         "reversal": ReversalResult(
             2,
             4.0,

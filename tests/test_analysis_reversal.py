@@ -1,19 +1,38 @@
-"""analysis.reversal: a tiny-budget search is well formed, seeded, and reports fitness that recomputes."""
+"""analysis.reversal: a tiny-budget search is well formed, seeded, and reports fitness that recomputes;
+the reversal claim is read on held-out items only, with intervals, and is refused on too few items."""
 
 import math
+from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 from helpers.analysis_toy import toy_dataset
 
 from analysis._insertion import allowed_tokens, insertion_batch, insertion_index, score_onehots, score_tokens
-from analysis.reversal import ReversalConfig, pareto_front, reversal_search
-from caa_lens.evaluation import scoring_prompt
+from analysis.reversal import (
+    ReversalConfig,
+    ReversalResult,
+    judge_reversal,
+    pareto_front,
+    reversal_effects,
+    reversal_search,
+)
+from analysis.store import load_result, save_result
+from caa_lens.evaluation import behaviour_probabilities, scoring_prompt
 from caa_lens.methods import caa_vector
 from caa_lens.steering import Injection, steering
 
+# min_items lowered: the tests search on 3 items (the default refuses fewer than 20).
 CONFIG = ReversalConfig(
-    n_tokens=3, lambdas=(0.0, 0.1), children_per_member=3, top_k=5, iterations=2, progress=False
+    n_tokens=3,
+    lambdas=(0.0, 0.1),
+    children_per_member=3,
+    top_k=5,
+    iterations=2,
+    progress=False,
+    min_items=2,
+    n_resamples=500,
 )
 
 
@@ -21,7 +40,7 @@ CONFIG = ReversalConfig(
 def setup(tiny):
     data = toy_dataset(8)
     vector = caa_vector(tiny, data, progress=False).scaled(80.0)
-    return vector, data.select(range(3)), data.select(range(3, 5))
+    return vector, data.select(range(3)), data.select(range(3, 6))
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +79,17 @@ def test_result_is_well_formed(result):
     # The top-reversal row really has the highest reversal of everything on the Pareto front.
     assert result.best.reversal.iloc[-1] == pytest.approx(result.pareto.reversal.max())
     assert (result.history.best_reversal.diff().dropna() >= 0).all()
-    assert isinstance(result.reversed, bool)
+    assert isinstance(result.reversed, bool) and isinstance(result.verdict, str)
+    # The claim is about the top in-sample candidate, measured on both splits.
+    assert result.chosen_token_ids == tuple(result.best.token_ids.iloc[-1])
+    assert result.chosen_text == result.best.text.iloc[-1]
+    assert (result.n_search, result.n_heldout) == (3, 3)
+    assert len(result.effects) == 8 and set(result.effects.split) == {"search", "heldout"}
+    assert (result.effects.low <= result.effects["mean"]).all()
+    assert (result.effects["mean"] <= result.effects.high).all()
+    assert result.effect("reversal").n == 3 and result.effect("steering", "search").n == 3
+    # In-sample reversal of the chosen insertion is what the search reported for it.
+    assert result.effect("reversal", "search").mean == pytest.approx(result.best.reversal.iloc[-1], abs=1e-5)
 
 
 def test_reported_fitness_equals_recomputation(tiny, setup, result):
@@ -76,6 +105,35 @@ def test_reported_fitness_equals_recomputation(tiny, setup, result):
         assert row.heldout_p_steered == pytest.approx(held_p, abs=1e-5)
         plain_p, _ = reference_scores(tiny, vector, 2, 0.0, items, row.token_ids)
         assert row.p_unsteered == pytest.approx(plain_p, abs=1e-5)
+        held_plain, _ = reference_scores(tiny, vector, 2, 0.0, heldout, row.token_ids)
+        assert row.heldout_p_unsteered == pytest.approx(held_plain, abs=1e-5)
+
+
+def test_heldout_effects_equal_an_independent_per_item_computation(tiny, setup, result):
+    """The held-out numbers from full forward passes, one item at a time, with and without steering."""
+    vector, _, heldout = setup
+    ids = result.chosen_token_ids
+    plain = behaviour_probabilities(tiny, heldout, progress=False).mean_p_matching
+    steered = behaviour_probabilities(
+        tiny, heldout, Injection(vector, 2, 2.0), progress=False
+    ).mean_p_matching
+    inserted, _ = reference_scores(tiny, vector, 2, 2.0, heldout, ids)
+    inserted_plain, _ = reference_scores(tiny, vector, 2, 0.0, heldout, ids)
+    d = result.direction
+    expected = {
+        "steering": d * (steered - plain),
+        "reversal": d * (steered - inserted),
+        "insertion_alone": d * (plain - inserted_plain),
+        "specific_reversal": d * (steered - inserted) - d * (plain - inserted_plain),
+    }
+    for quantity, value in expected.items():
+        effect = result.effect(quantity)
+        assert effect.mean == pytest.approx(value, abs=1e-5), quantity
+        assert effect.low <= effect.mean <= effect.high
+    assert (result.heldout_unsteered, result.heldout_steered) == pytest.approx((plain, steered), abs=1e-6)
+    top = result.best.iloc[-1]
+    assert top.heldout_reversal == pytest.approx(expected["reversal"], abs=1e-5)
+    assert top.heldout_reversal_low <= top.heldout_reversal <= top.heldout_reversal_high
 
 
 def test_search_is_seeded(tiny, setup, result):
@@ -86,10 +144,94 @@ def test_search_is_seeded(tiny, setup, result):
 
 def test_time_budget_stops_the_search(tiny, setup):
     vector, items, _ = setup
-    config = ReversalConfig(n_tokens=2, lambdas=(0.0,), iterations=50, time_budget_s=0.0, progress=False)
+    config = replace(CONFIG, n_tokens=2, lambdas=(0.0,), iterations=50, time_budget_s=0.0)
     stopped = reversal_search(tiny, vector, 2, 2.0, items, None, config)
     assert stopped.stopped_by == "time" and stopped.iterations == 0 and stopped.history.empty
     assert len(stopped.best) == 2 and math.isnan(stopped.heldout_steered)
+    # Without held-out items nothing is claimed, whatever the search items say.
+    assert set(stopped.effects.split) == {"search"} and stopped.n_heldout == 0
+    assert not stopped.reversed and stopped.verdict.startswith("not established: no held-out")
+
+
+def test_too_few_items_are_refused(tiny, setup):
+    vector, items, heldout = setup
+    default = replace(CONFIG, min_items=ReversalConfig().min_items)
+    assert default.min_items == 20
+    with pytest.raises(ValueError, match=r"at least 20 search items, got 3.*min_items"):
+        reversal_search(tiny, vector, 2, 2.0, items, heldout, default)
+    with pytest.raises(ValueError, match="at least 3 held-out items, got 2"):
+        reversal_search(tiny, vector, 2, 2.0, items, heldout.select(range(2)), replace(CONFIG, min_items=3))
+    leaky = replace(heldout, items=(heldout.items[0], items.items[1]))
+    with pytest.raises(ValueError, match=r"held-out items \[1\] are also search items"):
+        reversal_search(tiny, vector, 2, 2.0, items, leaky, CONFIG)
+
+
+def test_null_steering_is_never_reversed(tiny, setup):
+    """A zero vector: the insertion still moves the items, but that is all insertion, no reversal."""
+    vector, items, heldout = setup
+    config = replace(CONFIG, iterations=1, lambdas=(0.0,))
+    result = reversal_search(tiny, vector.scaled(0.0), 2, 2.0, items, heldout, config)
+    steering = result.effect("steering")
+    assert steering.mean == 0 and not steering.excludes_zero
+    assert result.effect("reversal").mean == pytest.approx(result.effect("insertion_alone").mean, abs=1e-5)
+    assert result.effect("specific_reversal").mean == pytest.approx(0.0, abs=1e-5)
+    assert not result.reversed and "nothing to reverse" in result.verdict
+
+
+def items_of(*values) -> list[torch.Tensor]:
+    return [torch.tensor(v, dtype=torch.float64) for v in values]
+
+
+UNSTEERED = [0.40, 0.45, 0.50, 0.42, 0.48, 0.44, 0.46, 0.41]
+STEERED = [u + 0.3 for u in UNSTEERED]
+
+
+@pytest.mark.parametrize("direction", [1.0, -1.0])
+def test_heldout_interval_covering_zero_is_not_a_reversal(direction):
+    # The insertion moves the steered items up and down by the same amounts: the interval covers 0.
+    noise = [0.05, -0.05, 0.04, -0.04, 0.06, -0.06, 0.02, -0.02]
+    d = direction
+    unsteered, steered = (torch.tensor([0.5 + d * (x - 0.5) for x in v]) for v in (UNSTEERED, STEERED))
+    inserted = steered + torch.tensor(noise)
+    table = reversal_effects(d, unsteered, steered, inserted, unsteered, n_resamples=500).assign(
+        split="heldout"
+    )
+    row = table.set_index("quantity").loc["reversal"]
+    assert row.low < 0 < row.high
+    reversed_, verdict = judge_reversal(table)
+    assert not reversed_ and verdict.startswith("not reversed")
+    assert table.set_index("quantity").loc["steering", "mean"] == pytest.approx(0.3)
+
+
+def test_judge_reversal_tells_undoing_from_pushing():
+    unsteered, steered = items_of(UNSTEERED, STEERED)
+    jitter = torch.tensor([0.01, -0.01, 0.02, -0.02, 0.0, 0.01, -0.01, 0.0], dtype=torch.float64)
+    undone = steered - 0.2 + jitter
+
+    def judged(unsteered_inserted):
+        table = reversal_effects(1.0, unsteered, steered, undone, unsteered_inserted, n_resamples=500)
+        return judge_reversal(table.assign(split="heldout"))
+
+    reversed_, verdict = judged(unsteered)  # the insertion does nothing without steering
+    assert reversed_ and "undoes steering" in verdict and "67% undone" in verdict
+    reversed_, verdict = judged(unsteered - 0.2 - jitter)  # it moves the unsteered model as much
+    assert reversed_ and "pushes the behaviour rather than undoing the steering" in verdict
+    # The search split alone never establishes anything.
+    table = reversal_effects(1.0, unsteered, steered, undone, unsteered, n_resamples=500)
+    assert judge_reversal(table.assign(split="search")) == (False, judge_reversal(None)[1])
+    no_steering = reversal_effects(1.0, unsteered, unsteered + jitter, undone, unsteered, n_resamples=500)
+    reversed_, verdict = judge_reversal(no_steering.assign(split="heldout"))
+    assert not reversed_ and "nothing to reverse" in verdict
+
+
+def test_result_round_trips_through_the_store(result, tmp_path):
+    save_result(result, tmp_path, "reversal")
+    loaded = load_result(tmp_path, "reversal")
+    assert type(loaded) is ReversalResult and loaded.config == result.config
+    assert loaded.chosen_token_ids == result.chosen_token_ids and loaded.chosen_text == result.chosen_text
+    assert (loaded.n_search, loaded.n_heldout) == (result.n_search, result.n_heldout)
+    assert (loaded.reversed, loaded.verdict) == (result.reversed, result.verdict)
+    pd.testing.assert_frame_equal(loaded.effects, result.effects)
 
 
 @pytest.mark.parametrize("placement", ["prefix", "suffix"])

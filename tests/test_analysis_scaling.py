@@ -1,13 +1,19 @@
-"""analysis.scaling: subset means, bootstrap coverage, split-half stability, effect vs n."""
+"""analysis.scaling: subset means, held-out agreement against a sign-shuffled null, split-half
+stability, paired effects by n against random same-norm vectors."""
 
-import math
+import matplotlib
 
+matplotlib.use("Agg")
+
+import pandas as pd
 import pytest
 import torch
 from helpers.analysis_toy import activations_from, planted_examples, toy_dataset
 
+from analysis import plots
 from analysis.scaling import (
     bootstrap_interval,
+    heldout_split,
     pair_differences,
     sample_size_scaling,
     split_half_cosine,
@@ -16,9 +22,11 @@ from analysis.scaling import (
     subset_mean_differences,
     subset_vectors,
 )
-from caa_lens.data import nested_subsets
+from analysis.store import load_result, save_result
+from caa_lens.data import nested_subsets, shuffled_indices
 from caa_lens.evaluation import behaviour_probabilities
 from caa_lens.extraction import extract_contrastive
+from caa_lens.stats import paired_effect, random_like
 from caa_lens.steering import Injection
 
 
@@ -85,18 +93,79 @@ def test_split_half_cosine():
     assert split_half_cosine(noise).abs().item() < 0.3  # pure noise: halves are unrelated
 
 
-def test_sample_size_scaling_on_planted_data():
-    examples, _, _ = planted_examples(89, d=16, n_layers=2, behaviour_scale=1.0, noise=1.0)
-    acts = activations_from(examples, (3, 4))
-    result = sample_size_scaling(acts, toy_dataset(89), sizes=(1, 5, 21, 89), n_boot=50, n_splits=5)
-    table = result.table
-    assert len(table) == 4 * 2 and result.sizes == (1, 5, 21, 89)
-    full = table[table.n == 89]
-    assert full.cosine_to_full.tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
-    by_n = table.groupby("n").cosine_to_full.mean()
-    assert by_n[21] > by_n[1]  # more pairs, closer to the full-data vector
-    assert math.isnan(table[table.n == 1].split_half.iloc[0])
-    assert (table.ci_low <= table.ci_high).all()
+SIZES = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
+
+
+def planted_differences(behaviour: float, n_pairs: int = 200, d: int = 64, seed: int = 0):
+    """Pair differences b + noise (|b| = ``behaviour``, noise norm about 4 per pair) in one layer."""
+    examples, _, _ = planted_examples(
+        n_pairs, d=d, n_layers=1, behaviour_scale=behaviour / 2, noise=0.5 / 2**0.5, seed=seed
+    )
+    return examples, activations_from(examples, (0,))
+
+
+def test_scaling_of_a_planted_direction_rises_above_the_sign_shuffled_null():
+    _, acts = planted_differences(1.0)
+    result = sample_size_scaling(acts, toy_dataset(200), sizes=SIZES)
+    table = result.table.set_index("n")
+    assert result.sizes == SIZES and result.reference_pairs == 200 - 89 and result.n_seeds == 5
+    curve = table.cosine_to_heldout
+    assert curve[89] > curve[13] > curve[3] > curve[1]  # more pairs, closer to the held-out direction
+    assert curve[89] > 0.8  # towards 1 (the reference's own noise caps it a little below)
+    assert (curve > table.null_mean).all()
+    assert (table.loc[[13, 21, 34, 55, 89], "vs_null"] == "above null").all()
+    # The null of a random-sign sum is centred on 0 at every n.
+    assert table.null_mean.abs().max() < 0.1
+    assert (table.ci_low <= curve).all() and (curve <= table.ci_high).all()
+
+
+def test_scaling_of_pure_noise_stays_inside_the_null_band_where_cosine_to_full_does_not():
+    examples, acts = planted_differences(0.0)
+    table = sample_size_scaling(acts, toy_dataset(200), sizes=SIZES).table.set_index("n")
+    assert (table.cosine_to_heldout.between(table.null_low, table.null_high)).all()
+    assert (table.vs_null == "inside null").all()
+    # The old statistic (cosine of the nested size-n mean to the mean of all pairs) on the same noise
+    # rises like sqrt(n / N), because the full vector contains the subset: it leaves the null band.
+    differences = examples.positive[:, 0] - examples.negative[:, 0]
+    order = shuffled_indices(200, 0)
+    old = torch.nn.functional.cosine_similarity(differences[order[:89]].mean(0), differences.mean(0), dim=0)
+    assert float(old) > table.null_high[89] + 0.2
+    assert float(old) == pytest.approx((89 / 200) ** 0.5, abs=0.1)
+
+
+def test_reference_pairs_never_overlap_the_subsets():
+    for seed in range(5):
+        pool, reference = heldout_split(30, 8, seed)
+        assert sorted(pool + reference) == list(range(30)) and not set(pool) & set(reference)
+    # Each seed's size-n vector uses pool[:n]; sizes that leave no room for a reference are refused.
+    _, acts = planted_differences(1.0, n_pairs=20)
+    with pytest.raises(ValueError, match="drop the sizes above"):
+        sample_size_scaling(acts, toy_dataset(20), sizes=(1, 5, 19))
+    result = sample_size_scaling(acts, toy_dataset(20), sizes=(1, 5, 10), reference_pairs=6, n_seeds=2)
+    assert result.reference_pairs == 6
+
+
+def test_scaling_statistic_uses_disjoint_pairs():
+    # Every pair's difference is unique: the reference and subset vectors are rebuilt from the split.
+    _, acts = planted_differences(1.0, n_pairs=30)
+    result = sample_size_scaling(acts, toy_dataset(30), sizes=(5,), n_seeds=1, seed=3, n_null=4)
+    differences = pair_differences(acts)
+    pool, reference = heldout_split(30, 25, 3)
+    expected = torch.nn.functional.cosine_similarity(
+        differences[pool[:5]].mean(0), differences[reference].mean(0), dim=-1
+    )
+    assert result.table.cosine_to_heldout.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
+
+
+def test_scaling_round_trips_through_the_store(tmp_path):
+    _, acts = planted_differences(1.0, n_pairs=40)
+    result = sample_size_scaling(acts, toy_dataset(40), sizes=(1, 3, 8), n_seeds=2, n_null=5)
+    save_result(result, tmp_path, "sample_size")
+    loaded = load_result(tmp_path, "sample_size")
+    assert (loaded.sizes, loaded.reference_pairs, loaded.n_seeds) == (result.sizes, 32, 2)
+    pd.testing.assert_frame_equal(loaded.table, result.table)
+    plots.plot_sample_size(loaded, [0], save=tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").stat().st_size > 1000
 
 
 def test_sample_size_scaling_needs_examples(tiny):
@@ -106,17 +175,53 @@ def test_sample_size_scaling_needs_examples(tiny):
         sample_size_scaling(acts, data, sizes=(1, 2))
 
 
-def test_steering_effect_by_size_matches_direct_scoring(tiny, toy_extraction):
+def test_steering_effect_by_size_is_paired_against_unsteered_with_a_random_null(
+    tiny, toy_extraction, tmp_path
+):
     data, acts = toy_extraction
     vectors = {n: v.scaled(40.0) for n, v in subset_vectors(tiny, acts, data, (2, 8)).items()}
-    result = steering_effect_by_size(tiny, vectors, data, layer=2, multiplier=1.5)
-    assert result.table.n.tolist() == [2, 8]
-    direct = behaviour_probabilities(
-        tiny, data, Injection(vectors[8], 2, 1.5), progress=False
-    ).mean_p_matching
-    assert result.table.plus.iloc[1] == pytest.approx(direct, abs=1e-5)
-    unsteered = behaviour_probabilities(tiny, data, progress=False).mean_p_matching
-    assert result.baseline == pytest.approx(unsteered, abs=1e-5)
+    result = steering_effect_by_size(
+        tiny, vectors, data, layer=2, multiplier=1.5, n_random=2, n_resamples=500
+    )
+    table = result.table
+    assert table.n.tolist() == [2, 8] and result.n_random == 2
+    plus = [
+        s.p_matching
+        for s in behaviour_probabilities(tiny, data, Injection(vectors[8], 2, 1.5), progress=False).items
+    ]
+    minus = [
+        s.p_matching
+        for s in behaviour_probabilities(tiny, data, Injection(vectors[8], 2, -1.5), progress=False).items
+    ]
+    unsteered = [s.p_matching for s in behaviour_probabilities(tiny, data, progress=False).items]
+    row = table.iloc[1]
+    assert row.plus == pytest.approx(sum(plus) / len(plus), abs=1e-5)
+    assert result.baseline == pytest.approx(sum(unsteered) / len(unsteered), abs=1e-5)
+    expected = paired_effect(plus, unsteered, n_resamples=500)
+    assert (row.plus_effect, row.plus_low, row.plus_high) == pytest.approx(
+        (expected.mean, expected.low, expected.high), abs=1e-4
+    )
+    assert row.minus_effect == pytest.approx(paired_effect(minus, unsteered, n_resamples=10).mean, abs=1e-5)
+    assert row.effect == pytest.approx(row.plus - row.minus, abs=1e-6) and row.n_items == len(data)
+    # The null band is the range of random same-norm directions' effects (seeds 0 and 1).
+    randoms = [
+        sum(s.p_matching for s in behaviour_probabilities(
+            tiny, data, Injection(random_like(vectors[8], k), 2, 1.5), progress=False
+        ).items) / len(data) - result.baseline
+        for k in range(2)
+    ]  # fmt: skip
+    assert (row.null_plus_low, row.null_plus_high) == pytest.approx((min(randoms), max(randoms)), abs=1e-5)
+    assert row.plus_vs_null in ("above null", "below null", "inside null")
+    save_result(result, tmp_path, "effect")
+    pd.testing.assert_frame_equal(load_result(tmp_path, "effect").table, table)
+
+
+def test_steering_effect_by_size_of_a_zero_vector_is_zero(tiny, toy_extraction):
+    data, acts = toy_extraction
+    vectors = {n: v.scaled(0.0) for n, v in subset_vectors(tiny, acts, data, (3,)).items()}
+    row = steering_effect_by_size(tiny, vectors, data, layer=1, multiplier=4.0, n_resamples=100).table.iloc[0]
+    assert (row.plus_effect, row.plus_low, row.plus_high, row.effect) == pytest.approx((0, 0, 0, 0), abs=1e-6)
+    assert (row.null_plus_low, row.null_plus_high) == pytest.approx((0, 0), abs=1e-6)  # same norm: zero
 
 
 def test_letter_balanced_scaling_ignores_the_letter():
@@ -125,15 +230,34 @@ def test_letter_balanced_scaling_ignores_the_letter():
     examples, _, _ = planted_examples(89, d=16, n_layers=1, behaviour_scale=1.0, letter_scale=20.0, noise=0.1)
     acts = activations_from(examples, (0,))
     data = toy_dataset(89)
-    plain = sample_size_scaling(acts, data, sizes=(5, 8, 13, 21), n_boot=20, n_splits=4).table
-    balanced = sample_size_scaling(
-        acts, data, sizes=(5, 8, 13, 21), n_boot=20, n_splits=4, balance_letters=True
-    ).table
-    mixed = balanced.share_first_letter.between(0.01, 0.99)
-    assert (balanced.cosine_to_full[mixed] > 0.97).all()
-    assert (balanced.split_half[mixed].dropna() > 0.95).all()
+    plain = sample_size_scaling(acts, data, sizes=(5, 8, 13, 21), n_splits=4).table
+    balanced = sample_size_scaling(acts, data, sizes=(5, 8, 13, 21), n_splits=4, balance_letters=True).table
+    assert (balanced.cosine_to_heldout > 0.97).all()
+    # With almost noise-free pairs a random-sign sum of a few is still +-b (an odd count never
+    # cancels), so the sign-shuffled band only excludes the curve from 13 pairs on.
+    assert (balanced[balanced.n >= 13].vs_null == "above null").all()
+    assert (plain.cosine_to_heldout < 0.9).any()  # the letter imbalance of each subset wanders
+    assert (balanced.split_half.dropna() > 0.95).all()
     assert plain.split_half.min() < 0.7  # halves with different letter shares disagree
     assert plain.share_first_letter.tolist() == balanced.share_first_letter.tolist()
+
+
+def test_letter_balanced_null_measures_noise_not_the_letter():
+    # Pure noise plus a letter part 40x the behaviour scale: the balanced vectors cancel the letter,
+    # so their null must too. A null that kept a randomly signed letter in each pair would be a long
+    # vector orthogonal to the (letter-free) reference, and its band would shrink by about a third:
+    # noise could then read as "above null".
+    def null_width(letter_scale: float):
+        examples, _, _ = planted_examples(
+            200, d=64, n_layers=1, behaviour_scale=0.0, letter_scale=letter_scale, noise=0.5 / 2**0.5
+        )
+        table = sample_size_scaling(
+            activations_from(examples, (0,)), toy_dataset(200), sizes=SIZES[1:], balance_letters=True
+        ).table
+        assert (table.vs_null == "inside null").all()
+        return float((table.null_high - table.null_low).mean())
+
+    assert null_width(20.0) == pytest.approx(null_width(0.0), rel=0.1)
 
 
 def test_letter_balanced_subset_vectors(tiny):

@@ -1,22 +1,32 @@
-"""analysis.similarity: cosine matrices on constructed vectors, and layer transfer on the tiny model."""
+"""analysis.similarity: cosine matrices on constructed vectors beside their baselines, and layer transfer
+on the tiny model as paired effects with intervals and a random-vector null."""
 
 import math
+from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
-from helpers.analysis_toy import activations_from, planted_examples, toy_dataset
+from helpers.analysis_toy import QUESTIONS, activations_from, planted_examples, toy_dataset
 
 from analysis.similarity import (
+    LayerSimilarity,
+    LayerTransfer,
     behaviour_similarity,
     cosine_matrix,
+    expected_abs_cosine,
     layer_similarity,
     layer_transfer,
     mean_vs_pca,
     method_similarity,
     rehomed,
 )
-from caa_lens.evaluation import behaviour_probabilities
-from caa_lens.methods import caa_vector
+from analysis.store import load_result, save_result
+from caa_lens.data import ContrastiveDataset, make_item
+from caa_lens.evaluation import behaviour_probabilities, scoring_prompt
+from caa_lens.extraction import PairActivations
+from caa_lens.methods import caa_vector, mean_difference_vector
+from caa_lens.stats import paired_effect, random_like
 from caa_lens.steering import Injection
 from caa_lens.vectors import SteeringVector, make_provenance
 
@@ -48,6 +58,81 @@ def test_layer_similarity_rotating_vector(tiny):
     assert means == sorted(means, reverse=True)
     assert result.by_distance.n.tolist() == [3, 2, 1]
     assert result.mean_at([1]) == pytest.approx(math.cos(math.radians(20)), abs=1e-6)
+    # Only the vector given: random directions in d_model = 64 dimensions are the baseline.
+    assert result.baseline == "random_direction" and result.n_baseline == 200
+    assert result.random_abs_cosine == pytest.approx(expected_abs_cosine(tiny.cfg.d_model))
+    table = result.by_distance
+    assert (table.baseline_low < 0).all() and (table.baseline_high > 0).all()
+    assert (table.baseline_mean.abs() < 0.05).all()
+    assert (table.vs_baseline == "above baseline").all()
+
+
+def test_expected_abs_cosine_matches_simulation():
+    draws = torch.randn(20000, 2, 100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cosine = torch.nn.functional.cosine_similarity(draws[:, 0], draws[:, 1], dim=-1)
+    assert expected_abs_cosine(100) == pytest.approx(float(cosine.abs().mean()), rel=0.02)
+    assert expected_abs_cosine(100) == pytest.approx(math.sqrt(2 / (math.pi * 100)), rel=0.01)
+
+
+def layered_examples(shared: torch.Tensor, own_scale: float, private_scale: float) -> PairActivations:
+    """Differences over 5 layers = each pair's own component (the same at every layer, ``own_scale``)
+    + layer-private noise + a direction ``shared`` by every pair at every layer: what carries over
+    from layer to layer is either shared by the pairs or carried by each pair alone."""
+    generator = torch.Generator().manual_seed(3)
+    n, layers, d = 40, 5, shared.shape[-1]
+    own = torch.randn(n, 1, d, generator=generator).expand(n, layers, d) * own_scale
+    private = torch.randn(n, layers, d, generator=generator) * private_scale
+    negative = torch.randn(n, layers, d, generator=generator)
+    letters = tuple("AB"[i % 2] for i in range(n))
+    return PairActivations(negative + own + private + shared, negative, letters, letters[::-1])
+
+
+def test_sign_shuffled_baseline_separates_shared_direction_from_carried_noise(tiny):
+    d = tiny.cfg.d_model
+    direction = torch.zeros(d)
+    direction[0] = 3.0
+    # Every pair carries its own component from layer to layer and no direction is shared: the mean
+    # differences of neighbouring layers are alike all the same, and so are the shuffled ones.
+    carried = activations_from(layered_examples(torch.zeros(d), 1.0, 0.3), tuple(range(5)))
+    result = layer_similarity(mean_difference_vector(tiny, carried), carried, n_baseline=100)
+    assert result.baseline == "sign_shuffled" and result.n_baseline == 100
+    assert result.mean_at([1]) > 0.8  # "neighbours are similar" ...
+    assert result.baseline_at([1]) > 0.8  # ... and so are sign-shuffled means: nothing beyond noise
+    assert (result.by_distance.vs_baseline == "inside baseline").all()
+    # A direction shared by the pairs over layer-private noise: alike beyond the baseline.
+    planted = activations_from(layered_examples(direction, 0.0, 1.0), tuple(range(5)))
+    result = layer_similarity(mean_difference_vector(tiny, planted), planted, n_baseline=100)
+    assert result.mean_at([1]) > 0.8 and abs(result.baseline_at([1])) < 0.2
+    assert (result.by_distance.vs_baseline == "above baseline").all()
+    # The baseline only needs the vector's layers, wherever the activations hold them.
+    picked = layer_similarity(mean_difference_vector(tiny, planted).select([1, 3]), planted, n_baseline=20)
+    assert picked.layers == (1, 3) and picked.by_distance.distance.tolist() == [2]
+
+
+def test_sign_shuffled_baseline_needs_the_vectors_own_examples(tiny):
+    examples, _, _ = planted_examples(10, d=tiny.cfg.d_model, n_layers=2)
+    acts = activations_from(examples, (1, 2))
+    vector = mean_difference_vector(tiny, acts)
+    with pytest.raises(ValueError, match="keep_examples=True"):
+        layer_similarity(vector, replace(acts, examples=None))
+    with pytest.raises(ValueError, match="not the data the vector was built from"):
+        layer_similarity(vector, replace(acts, dataset_hash="other"))
+    with pytest.raises(ValueError, match=r"lack the vector's layers \[3\]"):
+        layer_similarity(SteeringVector(vector.directions, (1, 3), vector.provenance), acts)
+    with pytest.raises(ValueError, match="n_baseline must be at least 1"):
+        layer_similarity(vector, n_baseline=0)
+
+
+def test_layer_similarity_round_trips_through_the_store(tiny, tmp_path):
+    examples, _, _ = planted_examples(12, d=tiny.cfg.d_model, n_layers=3)
+    acts = activations_from(examples, (0, 1, 2))
+    original = layer_similarity(mean_difference_vector(tiny, acts), acts, n_baseline=10)
+    save_result(original, tmp_path, "similarity")
+    loaded = load_result(tmp_path, "similarity")
+    assert type(loaded) is LayerSimilarity and loaded.baseline == "sign_shuffled" and loaded.n_baseline == 10
+    assert loaded.random_abs_cosine == original.random_abs_cosine
+    pd.testing.assert_frame_equal(loaded.by_distance, original.by_distance)
+    torch.testing.assert_close(loaded.matrix, original.matrix)
 
 
 def test_behaviour_similarity_orthogonal_behaviours(tiny):
@@ -71,7 +156,7 @@ def test_mean_vs_pca_recovers_planted_direction(tiny):
     )
     result = mean_vs_pca(tiny, activations_from(examples, (1, 2)))
     assert (result.table.cosine > 0.98).all()
-    assert set(result.table.columns) == {"layer", "cosine", "norm_mean_difference", "norm_pca"}
+    assert set(result.table.columns) == {"layer", "cosine", "norm_letter_balanced", "norm_pca_within_label"}
 
 
 def test_method_similarity_needs_same_layers(tiny):
@@ -90,7 +175,9 @@ def test_rehomed_moves_direction_between_layers(tiny):
 def test_layer_transfer_matches_direct_scoring(tiny):
     data = toy_dataset(6)
     vector = caa_vector(tiny, data, progress=False).scaled(50.0)
-    result = layer_transfer(tiny, vector, data, read_layers=[1, 2], apply_layers=[0, 2, 3], multiplier=2.0)
+    result = layer_transfer(
+        tiny, vector, data, read_layers=[1, 2], apply_layers=[0, 2, 3], multiplier=2.0, n_resamples=200
+    )
     assert result.effect.shape == (2, 3)
     assert torch.allclose(result.effect, result.plus - result.minus)
     # The diagonal-like cell "read at 2, applied at 2" is ordinary steering: check it against the
@@ -102,10 +189,98 @@ def test_layer_transfer_matches_direct_scoring(tiny):
     assert result.minus[0, 2].item() == pytest.approx(direct, abs=1e-5)
     unsteered = behaviour_probabilities(tiny, data, progress=False).mean_p_matching
     assert result.baseline == pytest.approx(unsteered, abs=1e-5)
+    # The tensors the plots use agree with the table.
+    swing = result.table[result.table.side == "swing"].set_index(["read", "apply"])
+    assert swing.loc[(2, 2)].effect == pytest.approx(result.effect[1, 1].item(), abs=1e-6)
+    assert swing.loc[(1, 3)].effect_low == pytest.approx(result.effect_low[0, 2].item())
+    assert swing.loc[(1, 3)].null_high == pytest.approx(result.null_high[0, 2].item())
 
 
 def test_layer_transfer_zero_multiplier_has_no_effect(tiny):
     data = toy_dataset(4)
     vector = caa_vector(tiny, data, progress=False)
-    result = layer_transfer(tiny, vector, data, multiplier=0.0)
+    result = layer_transfer(tiny, vector, data, multiplier=0.0, n_resamples=100)
     assert result.effect.abs().max() == 0
+    assert result.table.effect.abs().max() < 1e-6 and not (result.table.effect_low > 0).any()
+    assert not (result.table.effect_high < 0).any()
+
+
+def all_a_dataset(n: int) -> ContrastiveDataset:
+    """Items whose matching answer is always (A): a push towards the letter A is a behaviour push."""
+    text = "{} ({})\n\nChoices:\n (A) yes\n (B) no"
+    return ContrastiveDataset(
+        "all_a", tuple(make_item(text.format(QUESTIONS[i % 6], i), "(A)", "(B)") for i in range(n))
+    )
+
+
+def planted_vector(model, data: ContrastiveDataset, scale: float) -> SteeringVector:
+    """The unembedding direction of A minus B at every layer, with norm ``scale``: a known push."""
+    a, b = scoring_prompt(model.tokenizer, data.items[0]).label_token_ids
+    unembed = model.original_model.get_output_embeddings().weight.detach()
+    direction = (unembed[a] - unembed[b]) / (unembed[a] - unembed[b]).norm() * scale
+    provenance = make_provenance(model, "resid_post", "answer", "planted", "all_a", "0", 1, torch.float32)
+    return SteeringVector(
+        direction.repeat(model.cfg.n_layers, 1), tuple(range(model.cfg.n_layers)), provenance
+    )
+
+
+def per_item(model, data, injection=()) -> torch.Tensor:
+    scores = behaviour_probabilities(model, data, injection, progress=False)
+    return torch.tensor([s.p_matching for s in scores.items], dtype=torch.float64)
+
+
+def test_layer_transfer_recovers_a_planted_effect_within_its_interval(tiny):
+    data = all_a_dataset(10)
+    vector = planted_vector(tiny, data, scale=0.2)
+    result = layer_transfer(
+        tiny, vector, data, read_layers=[3], apply_layers=[1, 3], multiplier=1.5, n_resamples=1000
+    )
+    table = result.table.set_index(["read", "apply", "side"])
+    assert result.n_items == 10 and len(result.table) == 2 * 3
+    # Independent per-item computation: full forward passes, with and without the push.
+    base = per_item(tiny, data)
+    for apply_layer in (1, 3):
+        moved = rehomed(vector, 3, apply_layer)
+        plus, minus = (per_item(tiny, data, Injection(moved, apply_layer, m)) for m in (1.5, -1.5))
+        for side, (after, before) in {
+            "plus": (plus, base),
+            "minus": (minus, base),
+            "swing": (plus, minus),
+        }.items():
+            row = table.loc[(3, apply_layer, side)]
+            expected = paired_effect(after, before, n_resamples=1000)  # the same items, paired the same way
+            assert row.effect == pytest.approx(expected.mean, abs=1e-5)
+            assert row.effect_low == pytest.approx(expected.low, abs=1e-4)
+            assert row.effect_high == pytest.approx(expected.high, abs=1e-4)
+            assert row.effect_low <= expected.mean <= row.effect_high and row.n == 10
+        # The planted push is large and its way: outside zero and outside the random directions' range.
+        assert table.loc[(3, apply_layer, "plus")].effect_low > 0.05
+        assert table.loc[(3, apply_layer, "minus")].effect_high < -0.05
+        assert table.loc[(3, apply_layer, "swing")].vs_null == "above null"
+        assert table.loc[(3, apply_layer, "swing")].n_null == 2
+    j = result.apply_layers.index(3)
+    assert result.effect_low[0, j] <= result.effect[0, j] <= result.effect_high[0, j]
+    assert result.null_low[0, j] <= result.null_high[0, j] < result.effect_low[0, j]
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_vector_interval_covers_zero_at_small_multipliers(tiny, seed):
+    data = toy_dataset(12)
+    vector = random_like(caa_vector(tiny, data, progress=False).scaled(50.0), seed)
+    for multiplier in (0.1, 0.5):
+        result = layer_transfer(tiny, vector, data, [2], [2, 3], multiplier, null_seeds=(), n_resamples=1000)
+        assert (result.table.effect_low <= 0).all() and (result.table.effect_high >= 0).all()
+        assert (result.table.vs_null == "no null").all() and torch.isnan(result.null_low).all()
+
+
+def test_layer_transfer_round_trips_through_the_store(tiny, tmp_path):
+    data = toy_dataset(4)
+    original = layer_transfer(
+        tiny, caa_vector(tiny, data, progress=False), data, [1], [1, 2], 2.0, n_resamples=50
+    )
+    save_result(original, tmp_path, "transfer")
+    loaded = load_result(tmp_path, "transfer")
+    assert type(loaded) is LayerTransfer and loaded.n_items == 4
+    for field in ("plus", "minus", "effect", "effect_low", "effect_high", "null_low", "null_high"):
+        torch.testing.assert_close(getattr(loaded, field), getattr(original, field))
+    pd.testing.assert_frame_equal(loaded.table, original.table)

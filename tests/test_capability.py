@@ -124,6 +124,26 @@ def test_steered_perplexity(tiny, vector):
         perplexity(tiny, TEXT, Injection(vector, 1, 1.0, "last"), progress=False)
 
 
+def test_front_perplexity_steers_the_texts_first_tokens_not_the_bos(tiny):
+    """An ActAdd vector starts at the first text token of a window, as it starts at the user's first
+    token in a prompt (its BOS row dropped); the BOS column is left alone."""
+    from caa_lens.data import PromptPair
+    from caa_lens.methods import actadd_vector
+    from caa_lens.steering import steering
+
+    vector = actadd_vector(tiny, PromptPair("p", "I love the ocean", "I hate the ocean"), layers=(1,))
+    injection = Injection(vector, 1, 4.0, "front")
+    ids = tiny.tokenizer(TEXT).input_ids
+    assert ids[0] == tiny.tokenizer.bos_token_id
+    result = perplexity(tiny, TEXT, injection, context=len(ids) - 1, progress=False)
+    with steering(tiny, injection, start=1):
+        expected = manual_nll(tiny, ids) / (len(ids) - 1)
+    assert result.n_windows == 1 and result.mean_nll == pytest.approx(expected, rel=1e-6)
+    assert result.mean_nll != pytest.approx(
+        perplexity(tiny, TEXT, context=len(ids) - 1, progress=False).mean_nll
+    )
+
+
 def test_text_errors(tmp_path, tiny):
     with pytest.raises(FileNotFoundError, match=r"missing\.txt"):
         read_text(tmp_path / "missing.txt")
@@ -169,3 +189,51 @@ def test_overflowing_multipliers_are_refused(tiny, mmlu_file, vector):
         ab_capability(tiny, dataset, Injection(vector, 2, 1e38), progress=False)
     with pytest.raises(ValueError, match="float32"):
         perplexity(tiny, TEXT, Injection(vector, 1, 1e38, "all"), context=30, progress=False)
+
+
+def test_majority_letter_baseline_comes_from_the_data(tiny, tmp_path):
+    """Chance is the share of the commonest correct letter (7 A / 3 B here: 0.7), not 0.5."""
+    from caa_lens.capability import correct_letter_shares, majority_baseline
+
+    records = [
+        {
+            "prompt": f"Question {i}: is the sky blue?\n\nChoices:\n(A) True\n(B) False",
+            "correct": "(A)" if i < 7 else "(B)",
+            "incorrect": "(B)" if i < 7 else "(A)",
+        }
+        for i in range(10)
+    ]
+    path = tmp_path / "mmlu.json"
+    path.write_text(json.dumps(records))
+    dataset = load_behaviour_dataset(path)
+    score = ab_capability(tiny, dataset, progress=False)
+    assert score.correct_letter_shares == {"A": 0.7, "B": 0.3}
+    assert (score.majority_label, score.majority_baseline) == ("A", 0.7)
+    assert score.accuracy_over_baseline == pytest.approx(score.accuracy - 0.7)
+    # A constant-letter answerer's accuracy is exactly that letter's share.
+    assert (
+        sum(item.matching_letter == "A" for item in dataset) / len(dataset)
+        == score.correct_letter_shares["A"]
+    )
+    assert majority_baseline(["B", "A"]) == ("A", 0.5)  # a tie goes to the first letter
+    with pytest.raises(ValueError, match="no items"):
+        correct_letter_shares([])
+
+
+def test_capability_summary_reports_the_majority_baseline(tiny, tmp_path, vector):
+    records = [
+        {
+            "prompt": f"Q{i}?\n\n(A) x\n(B) y",
+            "correct": "(B)" if i else "(A)",
+            "incorrect": "(A)" if i else "(B)",
+        }
+        for i in range(4)
+    ]
+    path = tmp_path / "mmlu.json"
+    path.write_text(json.dumps(records))
+    dataset = load_behaviour_dataset(path)
+    run_sweep(tiny, dataset, {"v": vector}, (1,), (0.0, 2.0), tmp_path / "r.jsonl", progress=False)
+    summary = capability_summary(load_results(tmp_path / "r.jsonl"))
+    assert list(summary.majority_baseline) == [0.75, 0.75]
+    with pytest.raises(ValueError, match="no matching_label column"):
+        capability_summary(load_results(tmp_path / "r.jsonl").drop(columns="matching_label"))

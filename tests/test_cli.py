@@ -55,11 +55,15 @@ def test_sweep_shards_merge_summary_evaluate_generate(tmp_path, capsys, model_di
         out = tmp_path / f"s{shard[0]}.jsonl"
         ok(capsys, "sweep", "run", "optimism:test", "--out", out, "--shard", shard, *common, "--limit", "3")
     merged = tmp_path / "merged.jsonl"
-    assert "18 rows from 2 files" in ok(
+    # 3 items x 2 layers x 3 multipliers x (the vector + 3 random controls, on by default)
+    assert "72 rows from 2 files" in ok(
         capsys, "sweep", "merge", tmp_path / "s0.jsonl", tmp_path / "s1.jsonl", "--out", merged
     )
     output = ok(capsys, "sweep", "summary", merged, "--csv", tmp_path / "summary.csv")
-    assert len(pd.read_csv(tmp_path / "summary.csv")) == 6 and "optimism" in output
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 6 and set(summary.vector) == {"optimism"}  # the controls are its null band
+    assert (summary.n_null == 3).all() and set(summary.vs_null) <= {"above null", "below null", "inside null"}
+    assert "optimism" in output and "null band" in output and "no random controls" not in output
     # Rerunning the summary replaces its own CSV.
     ok(capsys, "sweep", "summary", merged, "--csv", tmp_path / "summary.csv")
     steer = ["--vector", vector, "--layer", "1", "--multiplier", "2"]
@@ -96,8 +100,41 @@ def test_every_stage_command_takes_the_tiny_model_by_name(tmp_path, capsys, vect
         "--limit",
         "2",
     )
-    assert len(load_results(out)) == 4
+    assert len(load_results(out)) == 4 * 4  # the vector and its 3 random controls
     ok(capsys, "evaluate", "optimism:test", "--model", "tiny", "--batch-size", "4")
+
+
+def test_sweep_run_has_controls_on_by_default_and_prints_the_effects(tmp_path, capsys, vector_file):
+    common = ["optimism:test", "--vector", vector_file, "--layers", "1", "--model", "tiny", "--limit", "4"]
+    out = ok(capsys, "sweep", "run", *common, "--out", tmp_path / "c.jsonl", "--multipliers=-2,2")
+    assert set(load_results(tmp_path / "c.jsonl").vector) == {
+        "optimism",
+        *(f"random:optimism:{seed}" for seed in range(3)),
+    }
+    assert "3 random controls per vector" in out and "effect [95% CI]" in out and "null band" in out
+    assert "optimism: " in out.splitlines()[-1]  # the verdict line
+    assert "no random controls" not in out
+    code, _, err = run_cli(capsys, "sweep", "run", *common, "--out", tmp_path / "z.jsonl", "--multipliers=2")
+    assert code == 0 and "multiplier 0 added" in err  # effects are paired against it: said, not silent
+    out = ok(capsys, "sweep", "run", *common, "--out", tmp_path / "n.jsonl", "--controls", "0")
+    assert set(load_results(tmp_path / "n.jsonl").vector) == {"optimism"}
+    assert "no random controls" in out and "no controls" in out
+    # Resuming with another control setting is refused before anything is computed.
+    code, _, err = run_cli(capsys, "sweep", "run", *common, "--out", tmp_path / "n.jsonl")
+    assert code == 1 and "controls" in err
+    summary = ok(capsys, "sweep", "summary", tmp_path / "n.jsonl", "--csv", tmp_path / "n.csv")
+    assert "no random controls" in summary and set(pd.read_csv(tmp_path / "n.csv").vs_null) == {"no controls"}
+
+
+def test_sweep_run_refuses_bad_controls_before_loading(tmp_path, capsys, vector_file):
+    common = ["optimism:test", "--layers", "1", "--model", "tiny", "--out", tmp_path / "s.jsonl"]
+    code, _, err = run_cli(capsys, "sweep", "run", *common, "--vector", vector_file, "--controls", "-1")
+    assert code == 2 and "--controls" in err
+    reserved = tmp_path / "random.safetensors"
+    reserved.write_bytes(vector_file.read_bytes())
+    code, _, err = run_cli(capsys, "sweep", "run", *common, "--vector", reserved)
+    assert code == 2 and "random controls" in err
+    assert not (tmp_path / "s.jsonl").exists()
 
 
 @pytest.mark.parametrize(
@@ -286,7 +323,7 @@ def test_stage_commands_run_on_shared_caa_and_mwe_files(tmp_path, capsys, shared
         options = ["--vector", vector, "--layers", "1,2", "--multipliers=-2,0,2", "--model", "tiny"]
         ok(capsys, "sweep", "run", dataset, "--out", out, *options, "--limit", "3")
         table = load_results(out)
-        assert len(table) == 3 * 2 * 3
+        assert len(table) == 3 * 2 * 3 * 4  # the vector and its 3 random controls
         assert table.p_matching.between(0, 1).all()
         labels = set(table.matching_label) if "matching_label" in table else set()
         assert labels <= ({"A", "B"} if name == "caa" else {"Yes", "No"})

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -173,3 +174,114 @@ def test_a_checkpoint_of_other_weights_is_not_continued(tiny, tmp_path, monkeypa
     assert checkpoint.exists()
     with pytest.raises(CheckpointMismatchError, match="different settings"):
         extract_contrastive(tiny, synthetic(4), batch_size=2, checkpoint=checkpoint, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------- per-label sums
+
+
+def unbalanced(n_a: int, n_b: int, yes_no: bool = False) -> ContrastiveDataset:
+    """Real items whose matching answer is the first option for ``n_a`` of them, interleaved."""
+    labels = ["A"] * n_a + ["B"] * n_b
+    labels = labels[::2] + labels[1::2]  # mix them, so that batches hold both labels
+    items = []
+    for i, label in enumerate(labels):
+        if yes_no:
+            answers = ("Yes", "No") if label == "A" else ("No", "Yes")
+            items.append(make_item(f"Item {i}: is the sky blue?", *answers))
+        else:
+            answers = ("(A)", "(B)") if label == "A" else ("(B)", "(A)")
+            items.append(make_item(f"Item {i}. Is it sunny?\n\nChoices:\n (A) Yes\n (B) No", *answers))
+    return ContrastiveDataset(f"unbalanced-{n_a}-{n_b}", tuple(items))
+
+
+@pytest.mark.parametrize("yes_no", [False, True])
+def test_label_sums_equal_the_per_example_sums(tiny, yes_no):
+    """Per matching label, the float64 sums equal the kept examples summed by label, and add up to the
+    side sums; the labels are the answer labels (A/B or No/Yes), sorted, with their pair counts."""
+    data = unbalanced(7, 3, yes_no)
+    acts = extract_contrastive(tiny, data, layers=[0, 2], batch_size=4, keep_examples=True, progress=False)
+    assert acts.labels == (("No", "Yes") if yes_no else ("A", "B"))
+    assert acts.label_counts == ((3, 7) if yes_no else (7, 3))
+    assert acts.label_sums is not None and acts.label_sums.dtype == torch.float64
+    assert acts.label_sums.shape == (2, 2, 2, 64)
+    examples = acts.examples
+    assert examples is not None
+    for k, label in enumerate(acts.labels):
+        rows = torch.tensor([x == label for x in examples.positive_labels])
+        assert int(rows.sum()) == acts.label_counts[k]
+        torch.testing.assert_close(acts.label_sums[k, 0], examples.positive[rows].double().sum(0))
+        torch.testing.assert_close(acts.label_sums[k, 1], examples.negative[rows].double().sum(0))
+    torch.testing.assert_close(acts.label_sums[:, 0].sum(0).float(), acts.positive_sum)
+    torch.testing.assert_close(acts.label_sums[:, 1].sum(0).float(), acts.negative_sum)
+    # Memory stays flat without examples: the same per-label sums, from sums alone.
+    flat = extract_contrastive(tiny, data, layers=[0, 2], batch_size=4, progress=False)
+    assert flat.examples is None and torch.equal(flat.label_sums, acts.label_sums)
+
+
+def test_label_sums_resume_bit_identically(tiny, tmp_path, monkeypatch):
+    """Killed after two batches and resumed: per-label sums, side sums and examples equal an
+    uninterrupted run's exactly (the per-label sums ride in the checkpoint's kept slot)."""
+    from caa_lens import extraction
+
+    data = unbalanced(5, 4)
+    kwargs = {"layers": [1, 3], "batch_size": 2, "keep_examples": True, "example_dtype": torch.float16}
+    whole = extract_contrastive(tiny, data, progress=False, **kwargs)
+    checkpoint = tmp_path / "run.ckpt"
+    real, calls = extraction.save_state, []
+
+    def killed_after_two(*args):
+        real(*args)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(extraction, "save_state", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        extract_contrastive(tiny, data, checkpoint=checkpoint, progress=False, **kwargs)
+    monkeypatch.undo()
+    resumed = extract_contrastive(tiny, data, checkpoint=checkpoint, progress=False, **kwargs)
+    assert not checkpoint.exists()
+    assert torch.equal(resumed.label_sums, whole.label_sums)
+    assert torch.equal(resumed.positive_sum, whole.positive_sum)
+    assert torch.equal(resumed.negative_sum, whole.negative_sum)
+    assert resumed.examples is not None and whole.examples is not None
+    assert resumed.examples.positive.dtype == torch.float16
+    assert torch.equal(resumed.examples.positive, whole.examples.positive)
+    assert torch.equal(resumed.examples.negative, whole.examples.negative)
+    assert (resumed.labels, resumed.label_counts) == (whole.labels, whole.label_counts)
+
+
+def test_a_checkpoint_without_label_sums_is_refused(tiny, tmp_path, monkeypatch):
+    """A checkpoint in the layout before per-label sums cannot be continued: its run key differs (the
+    layout is part of the settings), and a state under the current key without label rows is refused."""
+    from caa_lens import extraction
+    from caa_lens.resume import CheckpointMismatchError, ExtractionState, save_state
+
+    data, checkpoint, seen = unbalanced(2, 2), tmp_path / "old.ckpt", []
+
+    def record_and_stop(path, key, settings, state):
+        seen.append((key, settings))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(extraction, "save_state", record_and_stop)
+    with pytest.raises(KeyboardInterrupt):
+        extract_contrastive(tiny, data, layers=[0], checkpoint=checkpoint, progress=False)
+    monkeypatch.undo()
+    ((key, settings),) = seen
+    assert settings["layout"] == "label-sums-in-kept/1"
+    save_state(
+        checkpoint, key, settings, ExtractionState(1, torch.zeros(2, 1, 64, dtype=torch.float64), (), None)
+    )
+    with pytest.raises(CheckpointMismatchError, match=r"no per-label sums .* delete it and rerun"):
+        extract_contrastive(tiny, data, layers=[0], checkpoint=checkpoint, progress=False)
+
+
+def test_activations_check_their_label_fields(tiny):
+    acts = extract_contrastive(tiny, unbalanced(2, 1), layers=[0], progress=False)
+    with pytest.raises(ValueError, match="add up to n_pairs=3"):
+        replace(acts, label_counts=(2, 2))
+    with pytest.raises(ValueError, match="one row and one count per matching label"):
+        replace(acts, labels=("A",), label_counts=(3,))
+    with pytest.raises(ValueError, match="give all three or none"):
+        replace(acts, label_sums=None)
+    assert replace(acts, label_sums=None, labels=(), label_counts=()).label_sums is None

@@ -137,6 +137,17 @@ def test_invalid_generation_arguments_are_refused(tiny):
     too_long = Injection(make_vector(tiny, site="resid_pre", positions=40), 1, 1.0, "front")
     with pytest.raises(ValueError, match="covers 40 positions"):
         generate(tiny, list(QUESTIONS), too_long)
+    # The window starts at the user's first token, not at column 0: a vector as long as the whole
+    # prompt would steer past its end (into generated tokens), and is refused.
+    prompt = format_prompt(tiny.tokenizer, QUESTIONS[1])
+    fits = len(prompt) - prompt.user_start
+    for width, ok in ((fits, True), (fits + 1, False)):
+        front = Injection(make_vector(tiny, site="resid_pre", positions=width), 1, 1.0, "front")
+        if ok:
+            generate(tiny, [prompt], front, max_new_tokens=1)
+        else:
+            with pytest.raises(ValueError, match=r"from the first token of the user's text, past the end"):
+                generate(tiny, [prompt], front, max_new_tokens=1)
     assert_no_hooks(tiny)
 
 

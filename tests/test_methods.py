@@ -145,7 +145,7 @@ def test_prompt_matches_the_chat_template(tiny, dataset):
 
 
 def test_caa_vector_equals_plain_reference_at_every_layer(tiny, dataset, reference):
-    vector = caa_vector(tiny, dataset, layers=None, batch_size=4, progress=False)
+    vector = caa_vector(tiny, dataset, layers=None, batch_size=4, progress=False, method="mean_difference")
     expected = reference_mean(reference, lambda ids, letter: letter)
     assert vector.layers == (0, 1, 2, 3) and vector.directions.shape == (4, 64)
     assert (relative_error(vector.directions, expected) < 1e-5).all(), relative_error(
@@ -154,6 +154,51 @@ def test_caa_vector_equals_plain_reference_at_every_layer(tiny, dataset, referen
     p = vector.provenance
     assert (p.site, p.position_rule, p.method, p.n_pairs) == ("resid_post", "answer", "mean_difference", 8)
     assert p.dataset_hash == dataset.content_hash and p.d_model == 64 and p.n_layers == 4
+
+
+def test_letter_balanced_vector_equals_plain_reference(tiny, dataset, reference):
+    """The default (letter-balanced) vector on 4 A- and 2 B-matching items equals the mean of the two
+    labels' reference mean differences; the plain mean of the same items differs from it."""
+    letters = [item.matching_letter for item in dataset]
+    chosen = [i for i, x in enumerate(letters) if x == "A"] + [i for i, x in enumerate(letters) if x == "B"][
+        :2
+    ]
+    subset = dataset.select(sorted(chosen), ":4A2B")
+    diffs = {
+        i: reference[i][0][2][:, reference[i][0][1]] - reference[i][1][2][:, reference[i][1][1]]
+        for i in chosen
+    }
+    per_label = {x: torch.stack([diffs[i] for i in chosen if letters[i] == x]).mean(0) for x in LETTERS}
+    expected = (per_label["A"] + per_label["B"]) / 2
+    vector = caa_vector(tiny, subset, layers=None, batch_size=4, progress=False)
+    # The label means are large and nearly opposite (the letter); the balanced mean is their small
+    # average, so float32 rounding is measured against the label means' norm as well as its own.
+    scale = per_label["A"].norm(dim=-1)
+    assert ((vector.directions.double() - expected).norm(dim=-1) < 1e-5 * scale).all()
+    assert (relative_error(vector.directions, expected) < 1e-3).all()
+    p = vector.provenance
+    assert (p.method, p.label_counts, p.n_pairs) == ("letter_balanced", {"A": 4, "B": 2}, 6)
+    plain_expected = torch.stack(list(diffs.values())).mean(0)
+    with pytest.warns(UserWarning, match="mostly the answer letter"):
+        plain = caa_vector(tiny, subset, batch_size=4, progress=False, method="mean_difference")
+    assert (relative_error(plain.directions, plain_expected) < 1e-5).all()
+    assert (relative_error(vector.directions, plain.directions) > 0.5).all()  # not the same vector
+    letter = (per_label["A"] - per_label["B"]) / 2
+    share = torch.nn.functional.cosine_similarity(plain_expected, letter, dim=-1) ** 2
+    assert [plain.provenance.letter_share[str(layer)] for layer in range(4)] == pytest.approx(
+        share.tolist(), abs=1e-6
+    )
+
+
+def unchecked(function):
+    """``function`` without the test suite's runtime type checker, which refuses a bad Literal with
+    its own TypeError before the function's ValueError (the one users get) can be seen."""
+    return getattr(function, "__wrapped__", function)
+
+
+def test_caa_vector_refuses_an_unknown_method(tiny, dataset):
+    with pytest.raises(ValueError, match=r"unknown method 'pca'.*'letter_balanced' or 'mean_difference'"):
+        unchecked(caa_vector)(tiny, dataset, layers=[1], progress=False, method="pca")
 
 
 @pytest.mark.parametrize("batch_size", [3, 16])
@@ -291,10 +336,29 @@ def test_pca_needs_two_pairs():
         pca_directions(torch.randn(1, 2, 64))
 
 
+def test_pca_with_labels():
+    """Pooled centring (or no labels) is the older PCA exactly; within-label centring refuses labels
+    that do not fit, an unknown centring, and groups with nothing to vary."""
+    _, differences = planted_differences(pairs=10)
+    labels = ["A", "B"] * 5
+    old = pca_directions(differences)
+    assert torch.equal(pca_directions(differences, labels, centring="pooled"), old)
+    assert torch.equal(pca_directions(differences, ["A"] * 10), old)  # one label: one group
+    with pytest.raises(ValueError, match="9 labels for 10 pairs"):
+        pca_directions(differences, labels[:9])
+    with pytest.raises(ValueError, match="unknown centring 'within'"):
+        unchecked(pca_directions)(differences, labels, centring="within")
+    with pytest.raises(ValueError, match="a matching label with at least 2 pairs"):
+        pca_directions(differences[:2], ["A", "B"])
+
+
 def test_pca_vector_on_the_tiny_model(tiny, dataset):
     with_examples = extract_contrastive(tiny, dataset, layers=[1, 2], keep_examples=True, progress=False)
     vector = pca_vector(tiny, with_examples)
-    assert vector.layers == (1, 2) and vector.provenance.method == "pca_of_differences"
+    assert vector.layers == (1, 2) and vector.provenance.method == "pca_of_differences; within_label"
+    with pytest.warns(UserWarning, match=r"mostly the answer letter .* centring='within_label'"):
+        pooled = pca_vector(tiny, with_examples, centring="pooled")
+    assert pooled.provenance.method == "pca_of_differences"
     assert ((vector.directions * with_examples.mean_difference).sum(-1) > 0).all()
     without = extract_contrastive(tiny, dataset, layers=[1], progress=False)
     with pytest.raises(ValueError, match="keep_examples=True"):

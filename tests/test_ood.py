@@ -200,3 +200,50 @@ def test_generations_file_recogniser_and_writer(tiny, tmp_path):
     with pytest.raises(ValueError, match="0 rows"):
         write_generations(frame.iloc[:0], tmp_path / "new.jsonl")
     assert not (tmp_path / "new.jsonl").exists()
+
+
+def _prompt_pass_logits(model, run):
+    """Logits of the first forward pass (the prompt pass) of ``run()``, read off the HF model."""
+    seen = []
+    handle = model.original_model.register_forward_hook(lambda m, a, out: seen.append(out.logits.detach()))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def test_run_ood_last_mode_steers_from_the_last_prompt_token_on(tiny):
+    """mode='last' (the Patterns paper): in the prompt pass every position before the last prompt
+    token keeps its unsteered logits bit for bit, the last one changes, and every generated token is
+    steered (the completions equal generate() under a last-token injection)."""
+    from caa_lens.steering import Injection
+
+    provenance = make_provenance(tiny, "resid_post", "answer", "random", "t", "0", 1, torch.float32)
+    vector = SteeringVector(
+        torch.randn(4, 64, generator=torch.Generator().manual_seed(2)), (0, 1, 2, 3), provenance
+    )
+    prompts = (OODPrompt("1", "What is the best way to learn a new language?", "f"),)
+    formatted = format_prompt(tiny.tokenizer, prompts[0].prompt)
+    common = {"max_new_tokens": 3, "progress": False, "mode": "last"}
+    plain = _prompt_pass_logits(tiny, lambda: run_ood(tiny, prompts, vector, 2, (0.0,), **common))
+    frames = []
+    steered = _prompt_pass_logits(
+        tiny, lambda: frames.append(run_ood(tiny, prompts, vector, 2, (8.0,), **common))
+    )
+    last = formatted.last
+    assert torch.equal(steered[0, :last], plain[0, :last])
+    assert (steered[0, last] != plain[0, last]).any()
+    assert list(frames[0]["mode"]) == ["last"]
+    expected = generate(tiny, [formatted], Injection(vector, 2, 8.0, "last"), max_new_tokens=3).texts
+    assert list(frames[0].completion) == list(expected)
+    # An OOD prompt ends with the assistant header, which is where CAA's span starts too
+    # (steer_start == last): the two modes steer the same positions here.
+    assert formatted.steer_start == last
+    caa = run_ood(tiny, prompts, vector, 2, (8.0,), max_new_tokens=3, progress=False)
+    assert list(caa.completion) == list(frames[0].completion) and list(caa["mode"]) == ["from_start"]
+
+
+def test_run_ood_refuses_an_unknown_mode(tiny):
+    with pytest.raises(ValueError, match="unknown OOD steering mode 'front'"):
+        run_ood(tiny, (OODPrompt("1", "Hi", "f"),), mode="front", progress=False)

@@ -125,3 +125,42 @@ def test_default_model_tokenizer_positions(default_model):
     assert tokenizer.convert_ids_to_tokens(prompt.token_ids[prompt.answer_position]) == "A"
     assert tokenizer.convert_ids_to_tokens(prompt.token_ids[prompt.steer_start]) == "Ċ"
     assert decode(tokenizer, prompt.token_ids[: prompt.steer_start + 1]) == prompt_text(tokenizer, QUESTION)
+    # ActAdd's anchor: past SmolLM2's default system turn, on the question's first word.
+    head = decode(tokenizer, prompt.token_ids[: prompt.user_start])
+    assert head.endswith("<|im_start|>user\n") and "<|im_start|>system\n" in head
+    assert tokenizer.convert_ids_to_tokens(prompt.token_ids[prompt.user_start]) == "Is"
+
+
+WEDDINGS = "I talk about weddings constantly"
+
+
+@pytest.mark.parametrize("system", [None, "Repeat after me: I talk about weddings constantly."])
+@pytest.mark.parametrize("style", ["chat", "plain"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_user_start_is_the_first_token_of_the_user_text(family, style, system):
+    """Found by rendering the template, never by searching: a system prompt holding the same words
+    (the second case) must not be taken for the user's text."""
+    tokenizer = tokenizer_for(family)
+    prompt = format_prompt(tokenizer, f"{WEDDINGS}, and then", "(A)", system=system, style=style)
+    assert prompt.user_start is not None and 0 < prompt.user_start <= prompt.steer_start
+    whole, head = (
+        decode(tokenizer, prompt.token_ids),
+        decode(tokenizer, prompt.token_ids[: prompt.user_start]),
+    )
+    # Everything before user_start is template (and system prompt): the user's words come next.
+    assert whole.startswith(head)
+    assert whole[len(head) :].lstrip().startswith(f"{WEDDINGS}, and then")
+    assert decode(tokenizer, prompt.token_ids[prompt.user_start : prompt.user_start + 1]).strip() == "I"
+    if system is not None:
+        assert WEDDINGS in head  # the system prompt's copy of the words lies before the user's
+    if family == "chatml" and style == "chat" and system is None:
+        assert "<|im_start|>system\nYou are a helpful AI assistant" in head  # the default system turn
+
+
+def test_user_start_of_empty_or_space_padded_messages():
+    tokenizer = tokenizer_for("chatml")
+    assert format_prompt(tokenizer, "", "(A)").user_start is None
+    assert format_prompt(tokenizer, "  ", style="plain").user_start is None
+    padded = format_prompt(tokenizer, "  Hi there", style="plain")
+    assert decode(tokenizer, padded.token_ids[padded.user_start :]).lstrip().startswith("Hi there")
+    assert decode(tokenizer, padded.token_ids[: padded.user_start]).rstrip() == "Input:"  # no BOS here

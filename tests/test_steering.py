@@ -6,15 +6,19 @@ import math
 import pytest
 import torch
 
+from caa_lens.data import PromptPair
 from caa_lens.hooks import hook_name
-from caa_lens.prompts import format_prompt, left_pad, pad_token_id
+from caa_lens.methods import actadd_vector
+from caa_lens.prompts import FormattedPrompt, format_prompt, left_pad, pad_token_id
 from caa_lens.steering import (
     Injection,
+    front_rows,
     multiplier_for_ratio,
     residual_norm,
     steer_start_columns,
     steering,
 )
+from caa_lens.tiny import tiny_tokenizer
 from caa_lens.vectors import SteeringVector, VectorMismatchError, make_provenance
 
 QUESTIONS = ("Is it sunny?", "What is the best way to learn a new language?", "Hi")
@@ -159,20 +163,121 @@ def test_per_row_multipliers_equal_separate_runs(tiny):
 
 
 def test_front_mode_touches_only_first_len_h_positions(tiny):
-    _, ids, mask, offsets = batch(tiny)
+    prompts, ids, mask, offsets = batch(tiny)
     vector = make_vector(tiny, layers=(1,), site="resid_pre", positions=3)
     name = hook_name(tiny, 1, "resid_pre")
+    starts = steer_start_columns(prompts, offsets, "front")
+    assert starts == [o + p.user_start for p, o in zip(prompts, offsets, strict=True)]
 
     def run(capture_after):
-        with steering(tiny, Injection(vector, 1, 4.0, "front"), start=offsets), capture_after():
+        with steering(tiny, Injection(vector, 1, 4.0, "front"), start=starts), capture_after():
             logits_of(tiny, ids, mask)
 
     before, after = capture_around(tiny, name, run)
-    for row, offset in enumerate(offsets):
-        front = slice(offset, offset + 3)
+    for row, start in enumerate(starts):
+        front = slice(start, start + 3)
         assert torch.equal(after[row, front], before[row, front] + 4.0 * vector.at(1))
-        assert torch.equal(after[row, :offset], before[row, :offset])
-        assert torch.equal(after[row, offset + 3 :], before[row, offset + 3 :])
+        assert torch.equal(after[row, :start], before[row, :start])
+        assert torch.equal(after[row, start + 3 :], before[row, start + 3 :])
+
+
+# ActAdd's wedding pair (GUIDE section 6) and a user message that starts with the same words.
+WEDDINGS = PromptPair(
+    "weddings", "I talk about weddings constantly", "I do not talk about weddings constantly"
+)
+WEDDING_USER = "I talk about weddings constantly, and then I went up to my friend and said that the weather"
+CHATML = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+def wedding_prompt(tiny, template: str, style: str) -> FormattedPrompt:
+    tokenizer = tiny_tokenizer()  # the model's vocabulary, with the template under test
+    tokenizer.chat_template = {"llama2": tokenizer.chat_template, "chatml": CHATML}[template]
+    return format_prompt(tokenizer, WEDDING_USER, style=style)
+
+
+@pytest.mark.parametrize(("template", "style"), [("llama2", "chat"), ("chatml", "chat"), ("llama2", "plain")])
+def test_front_mode_steers_the_users_words_not_the_template(tiny, template, style):
+    """ActAdd's rows land on the user's tokens (row 1, the pair's first word, on the user's first
+    token; the BOS row dropped), under left padding, and nothing before them: the template header
+    and ChatML's default system prompt at column 0 are no longer steered."""
+    vector = actadd_vector(tiny, WEDDINGS, layers=(1,))
+    rows = front_rows(Injection(vector, 1, 3.0, "front"), tiny.tokenizer)
+    assert torch.equal(rows, vector.at(1)[1:])
+    width = rows.shape[0]
+    prompt = wedding_prompt(tiny, template, style)
+    other = format_prompt(tiny.tokenizer, "Hi")  # shorter: the wedding prompt's row is not padded
+    ids, mask, offsets = left_pad([other.token_ids, prompt.token_ids], pad_token_id(tiny.tokenizer))
+    starts = steer_start_columns([other, prompt], offsets, "front")
+    name = hook_name(tiny, 1, "resid_pre")
+
+    def run(capture_after):
+        # Only the wedding row is checked; "Hi" is too short for the vector, so it starts past the end.
+        injection = Injection(vector, 1, 3.0, "front")
+        with steering(tiny, injection, start=[ids.shape[1], starts[1]]), capture_after():
+            logits_of(tiny, ids, mask)
+
+    before, after = capture_around(tiny, name, run)
+    changed = (after[1] != before[1]).any(dim=-1).nonzero().flatten().tolist()
+    user = starts[1]
+    assert user == offsets[1] + prompt.user_start > offsets[1]  # not column 0 of the prompt
+    assert set(changed) <= set(range(user, user + width)) and changed  # zero rows change nothing
+    assert torch.equal(after[1, :user], before[1, :user])  # template header / system prompt untouched
+    assert torch.equal(after[1, user + width :], before[1, user + width :])
+    torch.testing.assert_close(after[1, user : user + width], before[1, user : user + width] + 3.0 * rows)
+    steered_text = tiny.tokenizer.decode(ids[1, user : user + width].tolist())
+    assert steered_text.lstrip().startswith(WEDDINGS.positive)
+    assert WEDDINGS.positive not in tiny.tokenizer.decode(ids[1, :user].tolist())
+    assert (
+        tiny.tokenizer.decode(ids[1, offsets[1] : user].tolist())
+        .rstrip()
+        .endswith(
+            {"chat": "[INST]" if template == "llama2" else "<|im_start|>user", "plain": "Input:"}[style]
+        )
+    )
+
+
+def test_front_mode_bos_row_choice(tiny):
+    """The BOS row is dropped only for an ActAdd vector read with a BOS; other positional vectors keep
+    every row. Row 0 of ActAdd is BOS minus BOS: it never carried anything to keep."""
+    with_bos = actadd_vector(tiny, WEDDINGS, layers=(1,))
+    without_bos = actadd_vector(tiny, WEDDINGS, layers=(1,), prepend_bos=False)
+    assert with_bos.at(1).shape[0] == without_bos.at(1).shape[0] + 1
+    assert with_bos.at(1)[0].abs().max() < 1e-5
+    assert torch.equal(front_rows(Injection(with_bos, 1, mode="front"), tiny.tokenizer), with_bos.at(1)[1:])
+    assert torch.equal(front_rows(Injection(without_bos, 1, mode="front"), tiny.tokenizer), without_bos.at(1))
+    plain = make_vector(tiny, layers=(1,), site="resid_pre", positions=3)
+    assert torch.equal(front_rows(Injection(plain, 1, mode="front"), tiny.tokenizer), plain.at(1))
+    single = make_vector(tiny, layers=(1,), site="resid_pre")
+    assert front_rows(Injection(single, 1, mode="front"), tiny.tokenizer).shape == (1, tiny.cfg.d_model)
+
+
+def test_front_mode_refuses_prompts_without_a_located_user_text(tiny):
+    unlocated = FormattedPrompt((1, 20, 30), "x", 2, None)
+    with pytest.raises(ValueError, match=r"prompts \[0\] have no located user text"):
+        steer_start_columns([unlocated], [0], "front")
+    assert steer_start_columns([unlocated], [0], "from_start") == [2]
+
+
+def test_front_mode_under_a_kv_cache_split_inside_the_window(tiny):
+    """The prompt pass run in two chunks, split inside the ActAdd window, steers like one pass."""
+    from transformers import DynamicCache
+
+    prompt = wedding_prompt(tiny, "chatml", "chat")
+    ids = torch.tensor([prompt.token_ids])
+    injection = Injection(actadd_vector(tiny, WEDDINGS, layers=(1,)), 1, 3.0, "front")
+    split = prompt.user_start + 4
+    with steering(tiny, injection, start=prompt.user_start), torch.inference_mode():
+        whole = tiny(ids)
+        cache = DynamicCache()
+        head = tiny(ids[:, :split], past_key_values=cache)
+        tail = tiny(ids[:, split:], past_key_values=cache)
+    torch.testing.assert_close(torch.cat([head, tail], dim=1), whole, rtol=0, atol=1e-5)
+    assert not torch.equal(whole, logits_of(tiny, ids))
 
 
 @pytest.mark.parametrize(("mode", "start"), [("from_start", 3), ("from_start", 12), ("last", 15), ("all", 0)])

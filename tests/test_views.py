@@ -1,5 +1,6 @@
 """Token-level views: projections against a manual read, the documented hook order, the renderers."""
 
+import dataclasses
 import io
 import json
 
@@ -66,38 +67,75 @@ def test_generation_is_the_steered_generation(tiny, prompt, vector):
 
 @pytest.mark.parametrize("mode", ["from_start", "last", "front", "all"])
 @pytest.mark.parametrize("multiplier", [3.0, -2.5])
-def test_read_at_the_steered_hook_is_after_the_injection(tiny, prompt, vector, mode, multiplier):
-    """Documented hook order: the cache sees resid + m*v at steered positions, nothing changes elsewhere."""
+def test_projections_are_the_models_own_residual_and_injected_is_apart(
+    tiny, prompt, vector, mode, multiplier
+):
+    """The projection is an unsteered read of the steered tokens; m * (v . v/||v||) is reported apart,
+    at the steered positions only. (The read used to be inside the steering context, so steered
+    tokens showed m * ||v|| on top of the model's own residual.)"""
     injection = Injection(vector, layer=LAYER, multiplier=multiplier, mode=mode)
     steered = token_projections(tiny, prompt, vector, LAYER, injection, max_new_tokens=4)
-    # The same tokens read without steering (the generated ones differ between steered and plain runs).
-    plain = token_projections(tiny, prompt, vector, LAYER, continuation=steered.token_ids[steered.n_prompt :])
-    assert plain.token_ids == steered.token_ids
+    assert steered.token_ids[steered.n_prompt :] == generate(tiny, [prompt], injection, 4).token_ids[0]
+    projections, cosines = _manual(tiny, steered.token_ids, vector.at(LAYER))  # independent, unsteered
+    torch.testing.assert_close(steered.projections, projections, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(steered.cosines, cosines, rtol=1e-9, atol=1e-9)
     n = len(steered.tokens)
     where = {
         "from_start": range(prompt.steer_start, n),
         "last": range(prompt.last, n),
-        "front": range(0, 1),  # a single vector in front mode steers the prompt's first token only
+        "front": range(prompt.user_start, prompt.user_start + 1),  # one vector: the user's first token
         "all": range(n),
     }[mode]
     assert steered.steered.nonzero().flatten().tolist() == list(where)
-    shift = steered.projections - plain.projections
-    expected = torch.full_like(shift, multiplier * steered.vector_norm)
-    torch.testing.assert_close(shift[steered.steered], expected[steered.steered], rtol=1e-5, atol=1e-4)
-    # Unsteered positions are bit-identical, not merely close.
-    assert torch.equal(steered.projections[~steered.steered], plain.projections[~steered.steered])
+    v = vector.at(LAYER).double()
+    expected = torch.zeros(n, dtype=torch.float64)
+    expected[list(where)] = multiplier * float(v @ (v / v.norm()))
+    torch.testing.assert_close(steered.injected, expected, rtol=1e-9, atol=1e-9)
+    assert torch.equal(steered.injected[~steered.steered], torch.zeros(n - len(where), dtype=torch.float64))
+    # Reading the same tokens with no injections gives the same projections and nothing injected.
+    plain = token_projections(tiny, prompt, vector, LAYER, continuation=steered.token_ids[steered.n_prompt :])
+    assert torch.equal(plain.projections, steered.projections) and not plain.injected.any()
+
+
+def test_injected_of_an_actadd_injection_follows_its_rows(tiny, prompt, vector):
+    from caa_lens.data import PromptPair
+    from caa_lens.methods import actadd_vector
+    from caa_lens.steering import front_rows
+
+    pair = PromptPair("sun", "Is it sunny", "Is it raining")
+    actadd = actadd_vector(tiny, pair, layers=(LAYER,), site="resid_post")
+    injection = Injection(actadd, LAYER, 2.0, "front")
+    view = token_projections(tiny, prompt, vector, LAYER, injection, max_new_tokens=2)
+    rows = front_rows(injection, tiny.tokenizer).double()
+    start, width = prompt.user_start, rows.shape[0]
+    assert view.steered.nonzero().flatten().tolist() == list(range(start, start + width))
+    v = vector.at(LAYER).double()
+    expected = torch.zeros(len(view.tokens), dtype=torch.float64)
+    expected[start : start + width] = 2.0 * (rows @ (v / v.norm()))
+    torch.testing.assert_close(view.injected, expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(view.projections, _manual(tiny, view.token_ids, vector.at(LAYER))[0])
 
 
 def test_earlier_and_later_layers(tiny, prompt, vector):
-    """An earlier-layer injection moves only positions from the start on; a later one moves nothing here."""
+    """Injections at other layers add nothing at the read site (injected 0) and the projection stays
+    the model's own; block L's output is block L+1's input, so those count as the same site."""
     plain = token_projections(tiny, prompt, vector, LAYER, max_new_tokens=0)
     start = prompt.steer_start
     earlier = token_projections(tiny, prompt, vector, LAYER, Injection(vector, 0, 8.0), max_new_tokens=0)
-    assert torch.equal(earlier.projections[:start], plain.projections[:start])
-    assert (earlier.projections[start:] - plain.projections[start:]).abs().min() > 1e-3
+    assert torch.equal(earlier.projections, plain.projections) and not earlier.injected.any()
+    assert earlier.steer_start == start  # still marked: the injection applies there, at another layer
     later = token_projections(tiny, prompt, vector, LAYER, Injection(vector, 2, 8.0), max_new_tokens=0)
-    assert torch.equal(later.projections, plain.projections)
-    assert later.steer_start == start  # still marked: the injection applies there, at another layer
+    assert torch.equal(later.projections, plain.projections) and not later.injected.any()
+    pre = SteeringVector(
+        vector.directions, vector.layers, dataclasses.replace(vector.provenance, site="resid_pre")
+    )
+    # resid_post of layer 0 is resid_pre of layer 1: the same tensor, so the injection is in the read.
+    same = token_projections(tiny, prompt, pre, LAYER, Injection(vector, 0, 8.0), max_new_tokens=0)
+    v0, v1 = vector.at(0).double(), vector.at(LAYER).double()
+    torch.testing.assert_close(
+        same.injected[start:], torch.full_like(same.injected[start:], 8.0 * float(v0 @ v1) / float(v1.norm()))
+    )
+    assert not same.injected[:start].any()
 
 
 def test_string_and_raw_token_prompts(tiny, vector):
@@ -108,6 +146,11 @@ def test_string_and_raw_token_prompts(tiny, vector):
     ids = list(tiny.tokenizer("The quick brown fox").input_ids)
     raw = token_projections(tiny, ids, vector, LAYER, Injection(vector, LAYER, 2.0), max_new_tokens=2)
     assert raw.token_ids[: len(ids)] == tuple(ids) and raw.steer_start == len(ids) - 1
+    # Raw ids are all user text: ActAdd starts right after the leading BOS (or at 0 without one).
+    front = Injection(vector, LAYER, 2.0, "front")
+    assert ids[0] == tiny.tokenizer.bos_token_id
+    assert token_projections(tiny, ids, vector, LAYER, front, max_new_tokens=0).steer_start == 1
+    assert token_projections(tiny, ids[1:], vector, LAYER, front, max_new_tokens=0).steer_start == 0
 
 
 def test_bad_vectors_are_refused(tiny, prompt):
@@ -130,6 +173,7 @@ def test_bad_vectors_are_refused(tiny, prompt):
             0,
             "resid_post",
             1.0,
+            torch.zeros(2),
         )
 
 
@@ -146,6 +190,7 @@ def _hand_made(tokens, values, n_prompt=2, start=1) -> TokenProjection:
         1,
         "resid_post",
         1.5,
+        torch.where(steered, 0.75, 0.0).double(),
     )
 
 
@@ -157,6 +202,8 @@ def test_html_is_offline_and_holds_the_tokens(tiny, prompt, vector):
     assert "CircuitsVis.render(" in page  # the bundle is inlined and called directly
     assert json.dumps(list(view.tokens))[1:-1] in page  # the tokens, in order, as circuitsvis props
     assert f"steered from token {prompt.steer_start}" in page
+    assert "model's own residual (read without steering)" in page
+    assert f"the injection adds {4.0 * view.vector_norm:.3g} per steered token" in page
     rendered = show(view)
     # str() of circuitsvis output normally gives the CDN version; show()'s gives the offline one too.
     assert str(rendered) == rendered.local_src and "unpkg.com" not in str(rendered)
@@ -184,7 +231,13 @@ def test_figure_renders(tiny, prompt, vector):
     fig.savefig(io.BytesIO(), format="png")
     ax = fig.axes[0]
     assert len(ax.patches) >= len(view.tokens) and len(ax.get_xticklabels()) == len(view.tokens)
-    assert {t.get_text() for t in ax.get_legend().get_texts()} == {"generated", "steering starts"}
+    legend = {t.get_text() for t in ax.get_legend().get_texts()}
+    assert legend == {"generated", "steering starts", "injected (m v·v/||v||)"}
+    hatched = [bar for bar in ax.patches if bar.get_hatch()]
+    assert len(hatched) == int(view.steered.sum())  # one outline per steered token, on its own bar
+    for bar, at in zip(hatched, view.steered.nonzero().flatten().tolist(), strict=True):
+        assert bar.get_y() == pytest.approx(float(view.projections[at]))
+        assert bar.get_height() == pytest.approx(float(view.injected[at]))
 
 
 def test_figure_on_a_given_axes_with_an_outlier_and_mathtext(tmp_path):
@@ -199,14 +252,15 @@ def test_figure_on_a_given_axes_with_an_outlier_and_mathtext(tmp_path):
 
 
 @pytest.mark.slow
-def test_hook_order_on_the_default_model(default_model):
-    """The documented order holds on the real model too: at steered positions the read moves by m*||v||."""
+def test_own_residual_on_the_default_model(default_model):
+    """On the real model too: the projection is the unsteered read, the injection m*||v|| apart."""
     prompt = format_prompt(default_model.tokenizer, "How will my exam go tomorrow?")
     vector = _vector(default_model, layers=(12,))
-    plain = token_projections(default_model, prompt, vector, 12, max_new_tokens=0)
     steered = token_projections(
         default_model, prompt, vector, 12, Injection(vector, 12, 5.0), max_new_tokens=0
     )
-    shift = (steered.projections - plain.projections)[prompt.steer_start :]
-    torch.testing.assert_close(shift, torch.full_like(shift, 5.0 * steered.vector_norm), rtol=1e-5, atol=1e-3)
-    assert torch.equal(steered.projections[: prompt.steer_start], plain.projections[: prompt.steer_start])
+    plain = token_projections(default_model, prompt, vector, 12, max_new_tokens=0)
+    assert torch.equal(steered.projections, plain.projections)
+    injected = steered.injected[prompt.steer_start :]
+    torch.testing.assert_close(injected, torch.full_like(injected, 5.0 * steered.vector_norm))
+    assert not steered.injected[: prompt.steer_start].any()
