@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
@@ -41,6 +42,16 @@ def test_demo_writes_report_manifest_and_every_figure(demo_dir):
     assert (demo_dir / "token_view.html").read_text().count("<script") >= 1
     for behaviour in ("optimism", "formality", "sycophancy"):
         assert (demo_dir / "vectors" / f"{behaviour}.safetensors").exists()
+    # Findings the report once dropped or stated without an interval and a null.
+    assert report.count("behaviour separability peaks at layer") == 3
+    assert "95% bootstrap interval" in report and "random vectors of the same norm give" in report
+    # Selection apart from report: the split and the pick are recorded, and the splits are disjoint.
+    selection = manifest["selection"]
+    assert set(selection["splits"]) == {"optimism", "formality", "sycophancy"}
+    assert selection["focus_layer"] == manifest["focus_layer"]
+    effects = pd.read_csv(demo_dir / "sweep_effects.csv")
+    assert (effects["split"] == "report").all() and effects["n_items"].max() == 3  # half of the 6 items
+    assert {"effect_low", "effect_high", "null_low", "null_high", "vs_null", "letter_pattern"} <= set(effects)
 
 
 @pytest.mark.slow
