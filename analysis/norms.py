@@ -28,7 +28,7 @@ from caa_lens.data import ContrastiveDataset, neutral_text
 from caa_lens.evaluation import check_injection_multipliers, scoring_prompts
 from caa_lens.extraction import pair_prompts
 from caa_lens.hooks import hook_name
-from caa_lens.prompts import left_pad, pad_token_id
+from caa_lens.prompts import left_pad, pad_token_id, right_pad
 from caa_lens.stats import paired_effect
 from caa_lens.steering import Injection, multiplier_for_ratio, residual_norm, steering
 from caa_lens.vectors import SteeringVector
@@ -208,14 +208,7 @@ def steered_token_losses(
     pad, device = pad_token_id(tokenizer), model.cfg.device
     for begin in range(0, len(jobs), rows_per_pass):
         chunk = jobs[begin : begin + rows_per_pass]
-        rows = [prefix + ids[start:end] for _, (start, end, _) in chunk]
-        width = max(len(r) for r in rows)
-        # Right padding: causal attention keeps the pads from affecting real positions.
-        batch = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(batch)
-        for i, row in enumerate(rows):
-            batch[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
+        batch, mask = right_pad([prefix + ids[start:end] for _, (start, end, _) in chunk], pad)
         injection = Injection(vector, layer, values[[k for k, _ in chunk]], "all")
         with torch.inference_mode(), steering(model, [injection], start=0):
             logits = model(batch.to(device), attention_mask=mask.to(device))

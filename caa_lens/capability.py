@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from caa_lens.data import ContrastiveDataset
 from caa_lens.evaluation import behaviour_probabilities, check_injection_multipliers
-from caa_lens.prompts import PromptStyle, pad_token_id
+from caa_lens.prompts import PromptStyle, pad_token_id, right_pad
 from caa_lens.steering import Injection, steering
 
 
@@ -239,14 +239,7 @@ def perplexity(
     with torch.inference_mode(), steering(model, others, start=0), steering(model, front, start=len(prefix)):
         for b in range(0, len(windows), batch_size):
             chunk = windows[b : b + batch_size]
-            rows = [prefix + ids[begin:end] for begin, end, _ in chunk]
-            width = max(len(r) for r in rows)
-            # Right padding: causal attention keeps the pads from affecting real positions.
-            batch = torch.full((len(rows), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(batch)
-            for i, row in enumerate(rows):
-                batch[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = 1
+            batch, mask = right_pad([prefix + ids[begin:end] for begin, end, _ in chunk], pad)
             logits = model(batch.to(device), attention_mask=mask.to(device))
             for i, (begin, end, score_from) in enumerate(chunk):
                 # Text token t sits at column t - begin + len(prefix); the column before predicts it.

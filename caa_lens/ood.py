@@ -30,7 +30,7 @@ from caa_lens.data import DatasetError
 from caa_lens.evaluation import check_multipliers
 from caa_lens.generation import generate
 from caa_lens.outputs import check_output_file
-from caa_lens.prompts import check_fits, format_prompt, left_pad, pad_token_id
+from caa_lens.prompts import check_fits, format_prompt, left_pad, pad_token_id, right_pad
 from caa_lens.steering import Injection
 from caa_lens.vectors import SteeringVector
 
@@ -202,12 +202,7 @@ class ModelJudgeScorer:
             owner = torch.tensor([q for q, _ in rows])
             cache.batch_select_indices(owner.to(device))
             suffixes = [bases[q][-1:] + ctx for q, ctx in rows]
-            width = max(len(x) for x in suffixes)
-            suffix_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-            suffix_mask = torch.zeros_like(suffix_ids)
-            for r, suffix in enumerate(suffixes):
-                suffix_ids[r, : len(suffix)] = torch.tensor(suffix)
-                suffix_mask[r, : len(suffix)] = 1
+            suffix_ids, suffix_mask = right_pad(suffixes, pad)
             mask = torch.cat([prefix_mask[owner], suffix_mask], dim=1)
             logits = self.model(suffix_ids.to(device), attention_mask=mask.to(device), past_key_values=cache)
             last = torch.tensor([len(x) - 1 for x in suffixes], device=logits.device)

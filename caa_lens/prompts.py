@@ -19,6 +19,7 @@ Positions (0-based, in the unpadded sequence):
   tokens, not to a template header or system prompt in front of them.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -222,6 +223,28 @@ def pad_token_id(tokenizer) -> int:
         if candidate is not None:
             return int(candidate)
     return 0
+
+
+def right_pad(
+    sequences: Sequence[Sequence[int]], pad_id: int
+) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Right-pad token sequences into one batch: the ids and the attention mask (1 on real tokens).
+
+    Under causal attention the pads come after every real token, so they cannot affect one; position
+    ``p`` of every sequence is column ``p``.
+
+    >>> right_pad([[5, 6, 7], [8]], pad_id=0)[0].tolist()
+    [[5, 6, 7], [8, 0, 0]]
+    """
+    if not sequences:
+        raise ValueError("cannot pad an empty list of sequences")
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
 
 
 def left_pad(
