@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from analysis._scoring import layer_scores, prefix_batches
-from caa_lens.capability import read_text, sliding_windows
+from caa_lens.capability import read_text, text_windows
 from caa_lens.data import ContrastiveDataset, neutral_text
 from caa_lens.evaluation import check_injection_multipliers, scoring_prompts
 from caa_lens.extraction import pair_prompts
@@ -158,14 +158,6 @@ def perplexity_text(source: str | Path | None = None) -> tuple[str, str]:
     return neutral_text(), "caa_lens bundled neutral text (caa_lens.data.neutral_text)"
 
 
-def _token_ids(model, text: str | Sequence[int], max_tokens: int | None) -> list[int]:
-    if isinstance(text, str):
-        ids = list(model.tokenizer(text, add_special_tokens=False).input_ids)
-    else:
-        ids = [int(t) for t in text]
-    return ids[:max_tokens] if max_tokens is not None else ids
-
-
 def steered_token_losses(
     model,
     vector: SteeringVector,
@@ -186,26 +178,13 @@ def steered_token_losses(
     be compared token by token (``nll_increase``). Every (multiplier, window) pair is one batch row:
     ``rows_per_pass`` rows share a forward pass (the logits take ``rows * context * vocab`` floats).
     """
-    ids = _token_ids(model, text, max_tokens)
-    tokenizer = model.tokenizer
-    bos = tokenizer.bos_token_id
-    if add_bos is None:
-        add_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
-    prefix = [bos] if add_bos else []
-    n_ctx = int(getattr(model.cfg, "n_ctx", 1024) or 1024)
-    context = context or min(n_ctx, 1024) - len(prefix)
-    if context + len(prefix) > n_ctx:
-        raise ValueError(f"context {context} (+{len(prefix)} BOS) exceeds the model's n_ctx {n_ctx}")
-    stride = stride or max(1, context // 2)
-    first = 0 if add_bos else 1
-    windows = sliding_windows(len(ids), context, stride, first)
-    if not windows:
-        raise ValueError(f"the text has {len(ids)} tokens: nothing to score; give a longer text")
+    plan = text_windows(model, text, context, stride, max_tokens, add_bos)
+    ids, prefix, windows, first = plan.ids, plan.prefix, plan.windows, plan.first_scored
     values = torch.tensor([float(m) for m in multipliers])
     check_injection_multipliers([Injection(vector, layer, values, "all")])
     losses = torch.full((len(values), len(ids) - first), math.nan, dtype=torch.float64)
     jobs = [(k, window) for k in range(len(values)) for window in windows]
-    pad, device = pad_token_id(tokenizer), model.cfg.device
+    pad, device = pad_token_id(model.tokenizer), model.cfg.device
     for begin in range(0, len(jobs), rows_per_pass):
         chunk = jobs[begin : begin + rows_per_pass]
         batch, mask = right_pad([prefix + ids[start:end] for _, (start, end, _) in chunk], pad)

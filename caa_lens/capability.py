@@ -174,6 +174,59 @@ def sliding_windows(
         begin += stride
 
 
+@dataclass(frozen=True)
+class TextWindows:
+    """A text cut into scoring windows: its token ids, the unscored prefix (the BOS or nothing) put
+    before every window, and the ``(begin, end, score_from)`` windows of ``sliding_windows``."""
+
+    ids: list[int]
+    prefix: list[int]
+    windows: list[tuple[int, int, int]]
+    context: int  # text tokens per window
+    stride: int
+
+    @property
+    def first_scored(self) -> int:
+        """Without a BOS the first token has nothing before it and is not scored."""
+        return 0 if self.prefix else 1
+
+
+def text_windows(
+    model,
+    text: str | Sequence[int],
+    context: int | None = None,
+    stride: int | None = None,
+    max_tokens: int | None = None,
+    add_bos: bool | None = None,
+) -> TextWindows:
+    """Tokenise ``text`` (or take its ids) and plan the sliding windows ``perplexity`` scores.
+
+    One place for the BOS rule, the context and stride defaults and the context check, so every
+    per-token loss of a text (``perplexity``, the ratio study's token losses) scores the same tokens.
+    """
+    tokenizer = model.tokenizer
+    if isinstance(text, str):
+        ids = list(tokenizer(text, add_special_tokens=False).input_ids)
+    else:
+        ids = [int(t) for t in text]
+    ids = ids[:max_tokens] if max_tokens is not None else ids
+    bos = tokenizer.bos_token_id
+    if add_bos is None:
+        add_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
+    if add_bos and bos is None:
+        raise ValueError("add_bos=True but the tokenizer has no BOS token")
+    prefix = [bos] if add_bos else []
+    n_ctx = int(getattr(model.cfg, "n_ctx", 1024) or 1024)
+    context = context or min(n_ctx, 1024) - len(prefix)
+    if context + len(prefix) > n_ctx:
+        raise ValueError(f"context {context} (+{len(prefix)} BOS) exceeds the model's n_ctx {n_ctx}")
+    stride = stride or max(1, context // 2)
+    windows = sliding_windows(len(ids), context, stride, 0 if add_bos else 1)
+    if not windows:
+        raise ValueError(f"the text has {len(ids)} tokens: nothing to score; give a longer text")
+    return TextWindows(ids, prefix, windows, context, stride)
+
+
 def perplexity(
     model,
     text: str | Sequence[int],
@@ -209,25 +262,8 @@ def perplexity(
         raise ValueError("mode='last' has no meaning for perplexity; use 'all' or 'from_start'")
     check_injection_multipliers(injections)
     tokenizer = model.tokenizer
-    if isinstance(text, str):
-        ids = list(tokenizer(text, add_special_tokens=False).input_ids)
-    else:
-        ids = [int(t) for t in text]
-    ids = ids[:max_tokens] if max_tokens is not None else ids
-    bos = tokenizer.bos_token_id
-    if add_bos is None:
-        add_bos = bos is not None and tokenizer("a").input_ids[:1] == [bos]
-    if add_bos and bos is None:
-        raise ValueError("add_bos=True but the tokenizer has no BOS token")
-    prefix = [bos] if add_bos else []
-    n_ctx = int(getattr(model.cfg, "n_ctx", 1024) or 1024)
-    context = context or min(n_ctx, 1024) - len(prefix)
-    if context + len(prefix) > n_ctx:
-        raise ValueError(f"context {context} (+{len(prefix)} BOS) exceeds the model's n_ctx {n_ctx}")
-    stride = stride or max(1, context // 2)
-    windows = sliding_windows(len(ids), context, stride, 0 if add_bos else 1)
-    if not windows:
-        raise ValueError(f"the text has {len(ids)} tokens: nothing to score")
+    plan = text_windows(model, text, context, stride, max_tokens, add_bos)
+    ids, prefix, windows = plan.ids, plan.prefix, plan.windows
     nll, count = 0.0, 0
     device = model.cfg.device
     pad = pad_token_id(tokenizer)
@@ -257,4 +293,4 @@ def perplexity(
             f"{[(i.layer, i.multiplier) for i in injections]}: the steered activations overflowed; "
             f"use a smaller multiplier"
         )
-    return PerplexityResult(math.exp(mean), mean, count, len(windows), context, stride)
+    return PerplexityResult(math.exp(mean), mean, count, len(windows), plan.context, plan.stride)
