@@ -9,7 +9,9 @@ scoring prompt, never by tokenising the letter alone (``"A"`` and the ``A`` afte
 
 Sweeps use ``encode_prefixes`` + ``suffix_scores``: the tokens before the steering start are
 unsteered in every cell, so they run once per question into a KV cache, and each layer runs only the
-few suffix tokens, with every (vector, multiplier) cell as a batch row on a copy of that cache.
+few suffix tokens, with every (vector, multiplier) cell as a batch row on a copy of that cache. The
+cache engine underneath (``encode_token_prefixes``, ``suffix_logits``) takes several suffixes per
+prefix; ``caa_lens.likelihood`` scores the answer texts with it.
 """
 
 import copy
@@ -17,7 +19,7 @@ import hashlib
 import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -321,21 +323,30 @@ def behaviour_probabilities(
 
 @dataclass(frozen=True, eq=False)
 class PrefixBatch:
-    """Unsteered question prefixes in a KV cache, and the suffixes still to run on copies of it.
+    """Unsteered prefixes in a KV cache, and the suffixes still to run on copies of it.
 
-    ``cache`` is never extended: ``suffix_scores`` works on a deep copy. Prefixes are left-padded
-    to ``width`` columns, so every suffix (right-padded) starts at column ``width``.
+    ``cache`` is never extended: ``suffix_logits`` works on a copy. Prefixes are left-padded to
+    ``width`` columns, so every suffix (right-padded) starts at column ``width``. A prefix may have
+    several suffixes (the likelihood metric runs each answer text after the same question):
+    suffix row ``r`` continues prefix ``owners[r]``. The letter metric has one suffix per prefix,
+    so there ``owners`` is ``0, 1, ...`` and suffix row ``i`` is item ``i``.
     """
 
-    prompts: tuple[ScoringPrompt, ...]
+    prompts: tuple  # one per prefix: ScoringPrompt (letter metric) or LikelihoodPrompt
     cache: object  # transformers.DynamicCache
     prefix_mask: Int[Tensor, "item prefix"]
-    suffix_ids: Int[Tensor, "item suffix"]
-    suffix_mask: Int[Tensor, "item suffix"]
+    suffix_ids: Int[Tensor, "row suffix"]
+    suffix_mask: Int[Tensor, "row suffix"]
+    owners: tuple[int, ...] = ()  # the prefix of each suffix row; () means row i continues prefix i
 
     @property
     def width(self) -> int:
         return int(self.prefix_mask.shape[1])
+
+    @property
+    def suffix_owners(self) -> tuple[int, ...]:
+        """The prefix (item) each suffix row continues."""
+        return self.owners or tuple(range(int(self.suffix_ids.shape[0])))
 
 
 def split_position(prompt: FormattedPrompt, rule: SplitRule) -> int:
@@ -345,36 +356,112 @@ def split_position(prompt: FormattedPrompt, rule: SplitRule) -> int:
     return prompt.steer_start if rule == "from_start" else prompt.last
 
 
-def encode_prefixes(model, prompts: Sequence[ScoringPrompt], split: SplitRule = "from_start") -> PrefixBatch:
-    """Run the unsteered prefixes (tokens before the steering start) of a batch of items once."""
+def encode_token_prefixes(
+    model,
+    prefixes: Sequence[Sequence[int]],
+    suffixes: Sequence[Sequence[Sequence[int]]],
+    prompts: Sequence[object] = (),
+) -> PrefixBatch:
+    """Run unsteered token prefixes once into a KV cache; keep each prefix's suffixes to run later.
+
+    The one prefix engine of caa_lens's scorers: ``encode_prefixes`` (letter metric, one suffix per
+    item) and ``caa_lens.likelihood`` (one suffix per answer text) both build their batches here, and
+    ``suffix_logits`` runs any selection of the suffix rows, steered, on copies of the cache.
+
+    Args:
+        prefixes: one token sequence per item, all non-empty (the tokens before steering starts).
+        suffixes: for each prefix, the token sequences that continue it (at least one each).
+        prompts: what the caller keeps beside the batch, one per prefix (``PrefixBatch.prompts``).
+    """
     from caa_lens.kv_cache import new_cache, require_filled
 
-    cuts = [split_position(p.prompt, split) for p in prompts]
-    if min(cuts) == 0:
+    if len(suffixes) != len(prefixes) or (prompts and len(prompts) != len(prefixes)):
+        raise ValueError(
+            f"{len(prefixes)} prefixes but {len(suffixes)} suffix lists / {len(prompts)} prompts"
+        )
+    if not prefixes or min(len(p) for p in prefixes) == 0:
         raise ValueError("an item's steering starts at its first token: there is no prefix to reuse")
+    if any(not group for group in suffixes) or any(not s for group in suffixes for s in group):
+        raise ValueError("every prefix needs at least one non-empty suffix to continue it")
     pad = pad_token_id(model.tokenizer)
-    ids, prefix_mask, _ = left_pad([p.prompt.token_ids[:c] for p, c in zip(prompts, cuts, strict=True)], pad)
-    suffixes = [p.prompt.token_ids[c:] for p, c in zip(prompts, cuts, strict=True)]
-    width = max(len(s) for s in suffixes)
+    ids, prefix_mask, _ = left_pad([list(p) for p in prefixes], pad)
+    flat = [list(s) for group in suffixes for s in group]
+    owners = tuple(item for item, group in enumerate(suffixes) for _ in group)
+    width = max(len(s) for s in flat)
     # Right-pad suffixes: causal attention keeps later pads from affecting the real positions.
-    suffix_ids = torch.full((len(suffixes), width), pad, dtype=torch.long)
-    suffix_mask = torch.zeros((len(suffixes), width), dtype=torch.long)
-    for row, suffix in enumerate(suffixes):
+    suffix_ids = torch.full((len(flat), width), pad, dtype=torch.long)
+    suffix_mask = torch.zeros((len(flat), width), dtype=torch.long)
+    for row, suffix in enumerate(flat):
         suffix_ids[row, : len(suffix)] = torch.tensor(suffix)
         suffix_mask[row, : len(suffix)] = 1
     cache = new_cache()
     device = model.cfg.device
     with torch.inference_mode():
-        # stop_at_layer skips the unembedding (the largest matmul here) but every block, and so every
-        # layer's keys and values, still runs.
+        # Every block must run to fill every layer's keys and values (stop_at_layer=n_layers stops
+        # nowhere; the bridge still returns logits).
         model(
             ids.to(device),
             attention_mask=prefix_mask.to(device),
             past_key_values=cache,
             stop_at_layer=int(model.cfg.n_layers),
         )
-    require_filled(cache, ids.shape[1], "A/B scoring prefix pass")
-    return PrefixBatch(tuple(prompts), cache, prefix_mask, suffix_ids, suffix_mask)
+    require_filled(cache, ids.shape[1], "scoring prefix pass")
+    identity = owners == tuple(range(len(prefixes)))
+    return PrefixBatch(
+        tuple(prompts), cache, prefix_mask, suffix_ids, suffix_mask, () if identity else owners
+    )
+
+
+def encode_prefixes(model, prompts: Sequence[ScoringPrompt], split: SplitRule = "from_start") -> PrefixBatch:
+    """Run the unsteered prefixes (tokens before the steering start) of a batch of items once."""
+    cuts = [split_position(p.prompt, split) for p in prompts]
+    if min(cuts) == 0:
+        raise ValueError("an item's steering starts at its first token: there is no prefix to reuse")
+    return encode_token_prefixes(
+        model,
+        [p.prompt.token_ids[:c] for p, c in zip(prompts, cuts, strict=True)],
+        [[p.prompt.token_ids[c:]] for p, c in zip(prompts, cuts, strict=True)],
+        prompts,
+    )
+
+
+def suffix_logits(
+    model, batch: PrefixBatch, rows: Sequence[int] | Tensor, injections: Sequence[Injection] = ()
+) -> Float[Tensor, "row suffix vocab"]:
+    """Logits of suffix rows ``rows`` of ``batch`` (repeats allowed), each continuing its prefix's cache.
+
+    Batch row ``k`` runs suffix row ``rows[k]`` on a copy of its prefix's cached keys and values,
+    steered by ``injections`` from column ``batch.width`` (the first suffix token) on: per-row tensor
+    multipliers must have ``len(rows)`` entries. The batch's own cache is left unchanged.
+    """
+    chosen = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
+    owners = torch.tensor(batch.suffix_owners, dtype=torch.long)[chosen]
+    device = model.cfg.device
+    cache = copy.deepcopy(batch.cache)  # suffix passes extend the cache in place
+    cache.batch_select_indices(owners)  # type: ignore[attr-defined]
+    mask = torch.cat([batch.prefix_mask[owners], batch.suffix_mask[chosen]], dim=1)
+    ids = batch.suffix_ids[chosen]
+    context = steering(model, injections, start=batch.width) if injections else nullcontext()
+    with torch.inference_mode(), context:
+        return model(ids.to(device), attention_mask=mask.to(device), past_key_values=cache)
+
+
+def grid_injections(
+    vectors: Sequence[SteeringVector], layer: int, multipliers: Sequence[float], n_rows: int
+) -> list[Injection]:
+    """Injections steering ``n_rows`` groups of rows ordered (vector, multiplier) within each group.
+
+    Each vector gets one ``Injection`` whose per-row multiplier is zero on the other vectors' rows
+    (adding ``0 * v`` leaves a float unchanged), so every cell of the grid shares one forward pass.
+    """
+    n_vectors, n_mults = len(vectors), len(multipliers)
+    values = torch.tensor([float(m) for m in multipliers], dtype=torch.float32)
+    injections = []
+    for j, vector in enumerate(vectors):
+        grid = torch.zeros((n_vectors, n_mults))
+        grid[j] = values
+        injections.append(Injection(vector, layer, grid.flatten().repeat(n_rows), "from_start"))
+    return injections
 
 
 def suffix_scores(
@@ -386,25 +473,14 @@ def suffix_scores(
 ) -> Float[Tensor, "item vector multiplier 2"]:
     """``(p_matching, p_letters_sum)`` for every item x vector x multiplier at one layer, in one pass.
 
-    Rows are ordered item, vector, multiplier. Each vector gets one ``Injection`` whose per-row
-    multiplier is zero on the other vectors' rows (adding ``0 * v`` leaves a float unchanged).
+    Rows are ordered item, vector, multiplier (``grid_injections``).
     """
     n_items, n_vectors, n_mults = len(batch.prompts), len(vectors), len(multipliers)
     repeats = n_vectors * n_mults
-    device = model.cfg.device
-    cache = copy.deepcopy(batch.cache)  # suffix passes extend the cache in place
-    cache.batch_repeat_interleave(repeats)  # type: ignore[attr-defined]
-    mask = torch.cat([batch.prefix_mask, batch.suffix_mask], dim=1).repeat_interleave(repeats, dim=0)
-    ids = batch.suffix_ids.repeat_interleave(repeats, dim=0)
-    values = torch.tensor([float(m) for m in multipliers], dtype=torch.float32)
-    injections = []
-    for j, vector in enumerate(vectors):
-        grid = torch.zeros((n_vectors, n_mults))
-        grid[j] = values
-        injections.append(Injection(vector, layer, grid.flatten().repeat(n_items), "from_start"))
-    last = (batch.suffix_mask.sum(dim=1) - 1).repeat_interleave(repeats)
-    with torch.inference_mode(), steering(model, injections, start=batch.width):
-        logits = model(ids.to(device), attention_mask=mask.to(device), past_key_values=cache)
-        final = logits[torch.arange(ids.shape[0]), last.to(logits.device)]
-    rows = [p for p in batch.prompts for _ in range(repeats)]
-    return label_scores(final, rows).reshape(n_items, n_vectors, n_mults, 2)
+    rows = torch.arange(n_items).repeat_interleave(repeats)
+    last = (batch.suffix_mask.sum(dim=1) - 1)[rows]
+    logits = suffix_logits(model, batch, rows, grid_injections(vectors, layer, multipliers, n_items))
+    with torch.inference_mode():
+        final = logits[torch.arange(rows.shape[0]), last.to(logits.device)]
+    prompts = [p for p in batch.prompts for _ in range(repeats)]
+    return label_scores(final, prompts).reshape(n_items, n_vectors, n_mults, 2)

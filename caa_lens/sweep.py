@@ -13,6 +13,13 @@ sweep: they ride on the same prefix pass, and their effects give each cell its n
 (``effects_summary``). Multiplier 0 is always swept, since every effect is a paired difference
 against it.
 
+Metrics: ``metric="letter"`` (the CAA A/B metric, ``caa_lens.evaluation``) or ``"likelihood"`` (the
+letter-free answer-text metric, ``caa_lens.likelihood``). Both write the same columns, so summaries,
+merges and effects tables read either; for likelihood rows ``p_matching`` is sigmoid(``logprob_diff``),
+``p_letters_sum`` is the mean per-token probability of the two answer texts, and a ``logprob_diff``
+column is added. The metric is recorded in the header (files written before it was recorded are
+``"letter"``), so a file is resumed only with the metric that wrote it.
+
 Work units are (item, layer) pairs in a fixed order; ``shard=(i, n)`` takes the i-th of n contiguous
 chunks (SLURM: ``shard=(SLURM_ARRAY_TASK_ID, SLURM_ARRAY_TASK_COUNT)``), each shard writes its own
 file, and ``merge_results`` joins them, refusing mixed configurations, duplicates and gaps.
@@ -26,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -42,11 +50,18 @@ from caa_lens.evaluation import (
     suffix_scores,
 )
 from caa_lens.hooks import check_layers
+from caa_lens.likelihood import (
+    LikelihoodPrompt,
+    encode_likelihood_prefixes,
+    likelihood_prompts,
+    likelihood_suffix_scores,
+)
 from caa_lens.models import model_identity
 from caa_lens.prompts import PromptStyle
 from caa_lens.stats import random_like
 from caa_lens.sweep_io import (
     FORMAT,
+    METRICS,
     NULL_PREFIX,
     SweepConfigError,
     SweepFileError,
@@ -61,6 +76,7 @@ from caa_lens.sweep_io import (
     load_results,
     lock_descriptor,
     merge_results,
+    normalise_config,
     parse_table,
     place_locked,
     row_key,
@@ -70,10 +86,15 @@ from caa_lens.sweep_io import (
 )
 from caa_lens.vectors import SteeringVector
 
+Metric = Literal["letter", "likelihood"]
+
 __all__ = [
+    "METRICS",
+    "Metric",
     "SweepConfigError",
     "SweepFileError",
     "SweepRun",
+    "check_metric",
     "check_multipliers",
     "check_sweep_output",
     "control_name",
@@ -132,6 +153,13 @@ def control_name(vector: str, seed: int) -> str:
 
 def _is_null_name(name: str) -> bool:
     return name == NULL_PREFIX or name.startswith(f"{NULL_PREFIX}:")
+
+
+def check_metric(metric: object) -> Metric:
+    """``metric`` if it is one a sweep can score (``METRICS``), else a ValueError saying which are."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}, got {metric!r}")
+    return metric  # type: ignore[return-value]
 
 
 def _check_count(value: object, option: str) -> int:
@@ -211,11 +239,13 @@ def sweep_config(
     style: str,
     controls: int = 0,
     control_seed: int = 0,
+    metric: Metric = "letter",
 ) -> dict:
     """Everything the results depend on; a file is resumed only under an identical configuration.
 
     ``controls`` is recorded only when there are some, so files written before controls existed (and
-    sweeps without them) keep the configuration they had and resume as before.
+    sweeps without them) keep the configuration they had and resume as before. ``metric`` is always
+    recorded; a header without it (written before it was) reads as ``"letter"`` (``normalise_config``).
     """
     identity = model_identity(model)
     recorded = (
@@ -235,13 +265,15 @@ def sweep_config(
         "split": split,
         "system": system,
         "style": style,
+        "metric": metric,
         **recorded,
     }
 
 
 def _differences(header: dict, config: dict, shard: tuple[int, int]) -> list[str]:
     """How a file's header differs from this sweep's configuration and shard (empty: the same sweep)."""
-    old = header.get("config", {})
+    old = normalise_config(header.get("config", {}))
+    config = normalise_config(config)
     differences = [
         f"{key}: file has {old.get(key)!r}, this sweep has {config.get(key)!r}"
         for key in sorted(set(old) | set(config))
@@ -377,6 +409,7 @@ def run_sweep(
     progress: bool = True,
     controls: int = 0,
     control_seed: int = 0,
+    metric: Metric = "letter",
 ) -> SweepRun:
     """Sweep behaviour probability over layers x multipliers x vectors into ``path`` (JSONL), resumably.
 
@@ -402,6 +435,10 @@ def run_sweep(
             pass, but each multiplies the suffix pass's rows (and its memory) like another vector.
         control_seed: the first control's seed; the seeds are ``control_seed .. control_seed+controls-1``.
             Both are recorded in the header: a file is resumed only with the same controls.
+        metric: ``"letter"`` (CAA: p(matching letter) after ``"("``) or ``"likelihood"`` (letter-free:
+            sigmoid of the mean per-token log-probability difference of the two answer texts as the
+            reply to the question without its choices; ``caa_lens.likelihood``). Recorded in the header:
+            a file is resumed only with the same metric.
 
     Raises:
         OutputError: ``path`` is a file caa_lens did not write.
@@ -410,6 +447,7 @@ def run_sweep(
             score that came out non-finite (naming vector, layer, multiplier and item; nothing of its
             group is written).
     """
+    metric = check_metric(metric)
     path = check_sweep_output(path)
     given = _named_vectors(vectors)
     chosen = check_layers(model, list(layers))
@@ -422,9 +460,25 @@ def run_sweep(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     shard = _check_shard(shard)
     named = with_controls(given, controls, control_seed)
-    prompts = scoring_prompts(model.tokenizer, dataset, system, style, model)  # checks every length
+    # Every length is checked (and, for likelihood, every answer text located) before any pass.
+    prompts: list[ScoringPrompt] | list[LikelihoodPrompt] = (
+        scoring_prompts(model.tokenizer, dataset, system, style, model)
+        if metric == "letter"
+        else likelihood_prompts(model.tokenizer, dataset, system, style, model)
+    )
     config = sweep_config(
-        model, dataset, named, chosen, values, batch_size, split, system, style, controls, control_seed
+        model,
+        dataset,
+        named,
+        chosen,
+        values,
+        batch_size,
+        split,
+        system,
+        style,
+        controls,
+        control_seed,
+        metric,
     )
     units = shard_units(len(dataset), chosen, shard)
     done: set = set()
@@ -437,7 +491,7 @@ def run_sweep(
 def _compute(
     model,
     dataset: ContrastiveDataset,
-    prompts: list[ScoringPrompt],
+    prompts: list[ScoringPrompt] | list[LikelihoodPrompt],
     named: dict[str, SteeringVector],
     values: tuple[float, ...],
     units: list[tuple[int, int]],
@@ -449,8 +503,10 @@ def _compute(
     layers, size, done = config["layers"], config["batch_size"], table.done
     hashes = [item_hash(item) for item in dataset]
     where = dataset.source or dataset.name
+    letter = normalise_config(config)["metric"] == "letter"
+    lengths = [len(p.prompt) if isinstance(p, ScoringPrompt) else p.longest for p in prompts]
     # Fixed batches (sorted by length to cut padding), so a resumed group is computed as in the first run.
-    ordered = sorted({item for item, _ in units}, key=lambda i: (len(prompts[i].prompt), i))
+    ordered = sorted({item for item, _ in units}, key=lambda i: (lengths[i], i))
     unit_set = set(units)
     cells = [(name, m) for name in named for m in values]  # the suffix_scores row order per item
     computed = written = 0
@@ -473,10 +529,17 @@ def _compute(
         bar.update(owned - sum(len({r[0] for r in rows}) for rows in pending.values()))
         if not pending:
             continue
-        prefix = encode_prefixes(model, [prompts[i] for i in batch], config["split"])
+        chosen = [prompts[i] for i in batch]
+        if letter:
+            prefix = encode_prefixes(model, chosen, config["split"])  # type: ignore[arg-type]
+        else:
+            prefix = encode_likelihood_prefixes(model, chosen, config["split"])  # type: ignore[arg-type]
         for layer, need in pending.items():
-            scores = suffix_scores(model, prefix, list(named.values()), layer, values)
-            flat = scores.reshape(len(batch), len(cells), 2)
+            if letter:
+                scores = suffix_scores(model, prefix, list(named.values()), layer, values)
+            else:
+                scores = likelihood_suffix_scores(model, prefix, list(named.values()), layer, values)
+            flat = scores.reshape(len(batch), len(cells), scores.shape[-1])
             # A non-finite score stops the sweep before its group is written: never a NaN row.
             check_scores_finite(
                 torch.stack([flat[at, j] for _, at, j in need]),
@@ -486,7 +549,7 @@ def _compute(
                 ],
             )
             rows = [
-                _row(config, prompts[item], hashes[item], *cells[j], layer, item, flat[at, j])
+                _row(config, _label(prompts[item]), hashes[item], *cells[j], layer, item, flat[at, j])
                 for item, at, j in need
             ]
             table.append(rows)  # one fsynced write per (batch, layer) group
@@ -497,16 +560,29 @@ def _compute(
     return SweepRun(table.path, config, shard, len(units), computed, written)
 
 
-def _row(config, prompt, hash_, name, multiplier, layer, item, score) -> dict:
-    return {
+def _label(prompt: ScoringPrompt | LikelihoodPrompt) -> str:
+    if isinstance(prompt, LikelihoodPrompt):
+        return prompt.matching_label
+    return prompt.labels[prompt.matching]
+
+
+def _row(config, label, hash_, name, multiplier, layer, item, score) -> dict:
+    """One table row; ``score`` is ``(p_matching, p_letters_sum)`` (letter) or ``(p_matching,
+    p_token_mean, logprob_diff)`` (likelihood: the mean token probability fills ``p_letters_sum``)."""
+    row = {
         "vector": name,
         "layer": layer,
         "multiplier": multiplier,
         "item_index": item,
         "item_hash": hash_,
-        "matching_label": prompt.labels[prompt.matching],
+        "matching_label": label,
         "p_matching": float(score[0]),
         "p_letters_sum": float(score[1]),
+    }
+    if len(score) > 2:
+        row["logprob_diff"] = float(score[2])
+    return {
+        **row,
         "behaviour": config["behaviour"],
         "dataset_hash": config["dataset_hash"],
         "model": config["model"],

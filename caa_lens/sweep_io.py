@@ -49,6 +49,10 @@ EFFECT_COLUMNS = (
     "vs_null",
 )
 LETTER_COLUMNS = ("effect_{}", "effect_{}_low", "effect_{}_high", "n_{}")
+# The metrics a sweep can score (``caa_lens.sweep.run_sweep``); a header without ``metric`` was written
+# before the likelihood metric existed, so it is ``letter``.
+METRICS = ("letter", "likelihood")
+DEFAULT_METRIC = "letter"
 NULL_PREFIX = "random"  # controls are named random:<vector>:<seed> (caa_lens.stats.with_null's rule)
 NO_CONTROLS = "no controls"  # vs_null of a cell without random controls to compare with
 CONFIG_FIELDS = ("vectors", "layers", "multipliers", "n_items")  # what merging and row counts read
@@ -65,6 +69,16 @@ REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "p_matching": (int, float),
     "p_letters_sum": (int, float),
 }
+
+
+def normalise_config(config: dict) -> dict:
+    """A header's configuration with ``metric`` filled in where an older caa_lens left it out
+    (``letter``, the only metric then), so old and new headers of the same sweep compare equal.
+
+    >>> normalise_config({"layers": [1]})
+    {'layers': [1], 'metric': 'letter'}
+    """
+    return config if "metric" in config else {**config, "metric": DEFAULT_METRIC}
 
 
 class SweepFileError(ValueError):
@@ -470,8 +484,8 @@ def merge_results(
         if header is None:
             raise SweepFileError(f"{path}: empty results file (no header); it is not a sweep's results table")
         if config is None:
-            first_path, config = path, header.get("config")
-        elif header.get("config") != config:
+            first_path, config = path, normalise_config(header["config"])
+        elif normalise_config(header["config"]) != config:
             raise SweepConfigError(f"{path} and {first_path} come from different sweep configurations")
         for row in rows:
             key = row_key(row)
