@@ -32,6 +32,7 @@ from caa_lens.extraction import (
 )
 from caa_lens.generation import GenerationResult, generate
 from caa_lens.hooks import check_layers, hook_name
+from caa_lens.likelihood import likelihood_scores, option_texts
 from caa_lens.methods import (
     LETTER_SHARE_LIMIT,
     LabelMeans,
@@ -50,9 +51,22 @@ from caa_lens.models import (
     load_model,
     model_identity,
 )
+from caa_lens.ood import OODPrompt, load_ood_prompts
+from caa_lens.open_ended import GenerationSettings, examples, open_ended_effects, steered_generations
 from caa_lens.outputs import OutputError
 from caa_lens.prompts import FormattedPrompt, format_prompt
 from caa_lens.residuals import residual_norms, residual_stack
+from caa_lens.scorers import (
+    REFUSAL_PHRASES,
+    WEDDING_WORDS,
+    DegeneracyScorer,
+    FluencyScorer,
+    JudgeScorer,
+    PhraseScorer,
+    SentimentScorer,
+    WordRateScorer,
+    score_generations,
+)
 from caa_lens.stats import (
     Effect,
     NullBand,
@@ -86,7 +100,9 @@ __all__ = [
     "DEFAULT_MODEL",
     "FIBONACCI_SIZES",
     "LETTER_SHARE_LIMIT",
+    "REFUSAL_PHRASES",
     "TINY_MODEL",
+    "WEDDING_WORDS",
     "CapabilityScore",
     "ContrastiveActivations",
     "ContrastiveDataset",
@@ -94,19 +110,27 @@ __all__ = [
     "ControlVectorError",
     "CorruptVectorError",
     "DatasetError",
+    "DegeneracyScorer",
     "Effect",
+    "FluencyScorer",
     "FormattedPrompt",
     "GenerationResult",
+    "GenerationSettings",
     "Injection",
+    "JudgeScorer",
     "LabelMeans",
     "ModelNotAvailableError",
     "NullBand",
+    "OODPrompt",
     "OutputError",
     "PairActivations",
+    "PhraseScorer",
     "PromptPair",
     "Provenance",
+    "SentimentScorer",
     "SteeringVector",
     "VectorMismatchError",
+    "WordRateScorer",
     "ab_capability",
     "actadd_vector",
     "bundled_prompt_pairs",
@@ -119,6 +143,7 @@ __all__ = [
     "effects_summary",
     "effects_table",
     "equalize_norms",
+    "examples",
     "export_control_vector_gguf",
     "extract_contrastive",
     "extract_prompt_pair",
@@ -129,10 +154,12 @@ __all__ = [
     "letter_axis",
     "letter_balanced_mean",
     "letter_share",
+    "likelihood_scores",
     "load_behaviour_dataset",
     "load_bundled",
     "load_control_vector_gguf",
     "load_model",
+    "load_ood_prompts",
     "load_prompt_pairs",
     "load_results",
     "load_vector",
@@ -143,6 +170,8 @@ __all__ = [
     "multiplier_for_ratio",
     "nested_subsets",
     "null_band",
+    "open_ended_effects",
+    "option_texts",
     "paired_effect",
     "pca_vector",
     "random_like",
@@ -152,6 +181,8 @@ __all__ = [
     "resolve_dataset",
     "run_sweep",
     "save_vector",
+    "score_generations",
+    "steered_generations",
     "steering",
     "summarize",
     "tiny_model",

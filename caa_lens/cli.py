@@ -31,6 +31,11 @@ MODEL_HELP = (
     "Model: 'smollm2-135m-instruct' (default, offline), 'tiny', a checkpoint dir, a .gguf file or a Hub name."
 )
 SITES = ("resid_pre", "resid_mid", "resid_post")
+METRIC_HELP = (
+    "'letter' (CAA: p of the matching answer letter after '(') or 'likelihood' (letter-free: the mean "
+    "per-token log-probability of the matching minus the other answer's text as the reply to the question "
+    "without its choices; p(matching) = sigmoid of that difference)."
+)
 _INTEGER = re.compile(r"[+-]?\d+")
 
 
@@ -167,6 +172,20 @@ def _dataset(spec: str, limit: int = 0):
     return data
 
 
+def _metric(metric: str, data=None) -> str:
+    """Check ``--metric``; for ``likelihood``, also that every item's answer texts can be located."""
+    from caa_lens.sweep import check_metric
+
+    with checking("--metric"):
+        check_metric(metric)
+    if metric == "likelihood" and data is not None:
+        from caa_lens.likelihood import dataset_option_texts
+
+        with checking("--metric likelihood"):
+            dataset_option_texts(data)
+    return metric
+
+
 def _vector_files(paths: Sequence[Path], layers: Sequence[int] | None) -> dict:
     """Load and verify saved vectors (integrity only; the model check follows the model's load)."""
     from caa_lens.vectors import load_vector
@@ -269,6 +288,7 @@ def sweep_run(
     model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     batch_size: int = typer.Option(8, help="Questions per prefix pass."),
     limit: int = typer.Option(0, help="Use only the first N items (0: all)."),
+    metric: str = typer.Option("letter", help=METRIC_HELP),
 ) -> None:
     """Sweep layers x multipliers x vectors (and random controls), appending rows to OUT as they are
     computed; then print the effects summary (as `caa-lens sweep summary OUT` does)."""
@@ -284,7 +304,9 @@ def sweep_run(
         raise UsageError(f"--control-seed must be >= 0, got {control_seed}")
     with checking("--shard"):
         chosen_shard = parse_shard(shard) if shard else default_shard()
+    _metric(metric)
     data = _dataset(dataset, limit)
+    _metric(metric, data)
     named = _vector_files(vector, chosen)
     reserved = [name for name in named if name == "random" or name.startswith("random:")]
     if controls and reserved:
@@ -312,6 +334,7 @@ def sweep_run(
         batch_size=batch_size,
         controls=controls,
         control_seed=control_seed,
+        metric=metric,  # type: ignore[arg-type]
     )
     typer.echo(
         f"{out}: shard {run.shard[0]}/{run.shard[1]}, {run.units_computed} of {run.units_total} "
@@ -333,7 +356,8 @@ def _print_effects(results: Path, csv: Path | None = None) -> None:
     from caa_lens.sweep import effects_summary, format_effects, load_results, verdicts
 
     with checking():
-        summary = effects_summary(load_results(results))
+        table = load_results(results)
+        summary = effects_summary(table)
     if csv is not None:
         atomic_write_bytes(csv, summary.to_csv(index=False).encode())
     typer.echo(
@@ -342,6 +366,12 @@ def _print_effects(results: Path, csv: Path | None = None) -> None:
         "X-matching = the effect on items whose matching answer is X (a letter push moves them in opposite "
         "directions)."
     )
+    if "logprob_diff" in table.columns:
+        typer.echo(
+            "Metric: likelihood (letter-free): p(matching) = sigmoid of the mean per-token log-probability of "
+            "the matching answer's text minus the other's, as the reply to the question without its choices; "
+            "0.5 = equally likely."
+        )
     if (summary["vs_null"] == "no controls").all():
         typer.echo(
             f"note: {results} has no random controls, so no null band: an interval excluding 0 may still "
@@ -398,6 +428,7 @@ def evaluate(
     model: str = typer.Option(DEFAULT_MODEL, help=MODEL_HELP),
     max_tokens: int = typer.Option(20000, help="Perplexity: score at most this many tokens (0: all)."),
     batch_size: int = typer.Option(16, help="Items per forward pass."),
+    metric: str = typer.Option("letter", help=METRIC_HELP),
 ) -> None:
     """Behaviour probability / accuracy of a dataset, or perplexity of a text, optionally steered."""
     from caa_lens.capability import ab_capability, perplexity, read_text
@@ -412,7 +443,11 @@ def evaluate(
         raise UsageError(f"--max-tokens must be >= 0 (0: all), got {max_tokens}")
     positive(batch_size, "--batch-size")
     _finite(multiplier, "--multiplier")
+    _metric(metric)
+    if text is not None and metric != "letter":
+        raise UsageError("--metric scores a DATASET; --text measures perplexity (leave --metric out)")
     data = _dataset(dataset) if dataset else None
+    _metric(metric, data)
     if text is not None:
         _existing_file(text, "text file")
         with checking():
@@ -441,6 +476,18 @@ def evaluate(
         )
         return
     assert data is not None
+    if metric == "likelihood":
+        from caa_lens.likelihood import likelihood_scores
+
+        scores = likelihood_scores(bridge, data, injections, batch_size)
+        typer.echo(
+            f"{scores.dataset}: mean p(matching) {scores.mean_p_matching:.4f} (likelihood: sigmoid of the "
+            f"per-token log-probability difference of the answer texts), mean difference "
+            f"{scores.mean_logprob_diff:+.4f} nats/token, matching text more likely on "
+            f"{scores.preferred_fraction:.4f} of items, mean per-token probability of the texts "
+            f"{scores.mean_p_token_mean:.4f} ({len(scores.items)} items)"
+        )
+        return
     score = ab_capability(bridge, data, injections, batch_size)
     typer.echo(
         f"{score.dataset}: mean p(matching) {score.mean_p_correct:.4f}, accuracy (p > 0.5) "
@@ -463,8 +510,24 @@ def generate_command(
     mode: str = typer.Option(
         "from_start", help="'from_start' (CAA: from the end of the user turn) or 'last' (Patterns of CAE)."
     ),
+    score: str = typer.Option(
+        "",
+        help="Comma-separated scorers (refusal, sentiment, wedding, casual, agreement, disagreement, "
+        "degeneracy, fluency): score every completion and print each metric's paired effect against "
+        "multiplier 0 with its 95% interval (and the null band with --controls).",
+    ),
+    controls: int = typer.Option(0, help="Random vectors of the same norm per multiplier (with --score)."),
+    effects: Path | None = typer.Option(None, help="Also write the effects table here (CSV; with --score)."),
 ) -> None:
-    """Steered open-ended completions of a prompt file, optionally rated by a model judge."""
+    """Steered open-ended completions of a prompt file, scored (--score) or rated by a model judge."""
+    if score:
+        _scored_generations(
+            prompts, out, vector, layer, multipliers, score, model, max_new_tokens, batch_size, mode,
+            controls, effects, judge,
+        )  # fmt: skip
+        return
+    if controls or effects is not None:
+        raise UsageError("--controls and --effects need --score (the metrics whose effects they report)")
     from caa_lens.ood import (
         ModelJudgeScorer,
         check_generations_output,
@@ -510,3 +573,86 @@ def generate_command(
     )
     write_generations(frame, out)
     typer.echo(f"wrote {out} ({len(frame)} completions)")
+
+
+def _scored_generations(
+    prompts: Path, out: Path, vector: Path | None, layer: int, multipliers: str, score: str, model: str,
+    max_new_tokens: int, batch_size: int, mode: str, controls: int, effects: Path | None, judge: str,
+) -> None:  # fmt: skip
+    """``generate --score``: every argument is checked before the model loads (one line each)."""
+    from caa_lens.files import atomic_write_bytes
+    from caa_lens.ood import check_generations_output, load_ood_prompts, write_generations
+    from caa_lens.open_ended import (
+        GenerationSettings,
+        check_effects_output,
+        open_ended_effects,
+        steered_generations,
+    )
+    from caa_lens.scorers import check_scorer_names, named_scorers, score_generations
+    from caa_lens.sweep import check_multipliers
+
+    with checking("--score"):
+        names = check_scorer_names(score)
+    if judge:
+        raise UsageError("--judge and --score are separate scorers: run them one at a time")
+    if vector is None:
+        raise UsageError("--score reports effects of steering: give a --vector")
+    values = parse_multipliers(multipliers)
+    if not any(m != 0 for m in values):
+        raise UsageError("--score needs at least one multiplier other than 0 (the unsteered run is added)")
+    if mode not in ("from_start", "last", "front", "all"):
+        raise UsageError(f"--mode must be 'from_start', 'last', 'front' or 'all', got {mode!r}")
+    if controls < 0:
+        raise UsageError(f"--controls must be >= 0, got {controls}")
+    positive(max_new_tokens, "--max-new-tokens")
+    positive(batch_size, "--batch-size")
+    _existing_file(prompts, "prompt file")
+    with checking():
+        items = load_ood_prompts(prompts)
+    named = _vector_files([vector], [layer])
+    with checking("--multipliers"):
+        check_multipliers(values, list(named.values()))
+    with checking("--out"):
+        check_generations_output(out)
+    if effects is not None:
+        with checking("--effects"):
+            check_effects_output(effects)
+    _check_layers_fit([layer], _check_model(model), "--layer")
+
+    bridge = _load(model)
+    with checking("--layer"):
+        _check_layers_fit([layer], bridge.cfg.n_layers, "--layer")
+    steer = _for_model(named, [vector], bridge)[vector.stem]
+    settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    table = steered_generations(
+        bridge,
+        items,
+        steer,
+        [layer],
+        values,
+        name=vector.stem,
+        controls=controls,
+        mode=mode,
+        settings=settings,
+    )
+    scored = score_generations(table, named_scorers(names, bridge))
+    metrics = [c for c in scored.columns if c not in table.columns]
+    write_generations(scored.drop(columns=["completion_ids"]), out)
+    result = open_ended_effects(scored, metrics)
+    columns = [
+        "metric",
+        "multiplier",
+        "n_prompts",
+        "unsteered",
+        "steered",
+        "effect",
+        "effect_low",
+        "effect_high",
+    ]
+    shown = result[columns + (["null_low", "null_high", "vs_null"] if controls else [])]
+    typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if not controls:
+        typer.echo("no null band: add --controls 3 (or more) to compare with random vectors of the same norm")
+    if effects is not None:
+        atomic_write_bytes(effects, result.to_csv(index=False).encode())
+    typer.echo(f"wrote {out} ({len(scored)} completions)" + (f" and {effects}" if effects else ""))

@@ -93,6 +93,26 @@ def _check_injections(model, injections: tuple[Injection, ...], prompts: list[Fo
                 )
 
 
+def check_generation(
+    model,
+    prompts: Sequence[FormattedPrompt],
+    injections: Sequence[Injection],
+    max_new_tokens: int,
+    names: Sequence[str] | None = None,
+) -> None:
+    """Refuse, before any forward pass, a prompt that cannot grow by ``max_new_tokens`` within the
+    context, or steering that cannot be applied to it (a bad multiplier; an ActAdd window running past
+    the prompt's end). ``names[i]`` names prompt ``i`` in the message (default ``prompt i``).
+
+    Callers that generate in several batches check every prompt once here first, so a bad prompt fails
+    in seconds, not after the batches before it ran.
+    """
+    for row, prompt in enumerate(prompts):
+        where = names[row] if names is not None else f"prompt {row}"
+        check_fits(model, len(prompt) + max_new_tokens, f"{where} plus {max_new_tokens} new tokens")
+    _check_injections(model, tuple(injections), list(prompts))
+
+
 def generate(
     model,
     prompts: Sequence[FormattedPrompt] | Sequence[str],
@@ -129,11 +149,8 @@ def generate(
     formatted = [p if isinstance(p, FormattedPrompt) else format_prompt(model.tokenizer, p) for p in prompts]
     if not formatted:
         raise ValueError("no prompts to generate from")
-    # Every prompt, with the tokens it may grow by, is checked before the first forward pass.
-    for row, prompt in enumerate(formatted):
-        check_fits(model, len(prompt) + max_new_tokens, f"prompt {row} plus {max_new_tokens} new tokens")
     injections = (injections,) if isinstance(injections, Injection) else tuple(injections)
-    _check_injections(model, injections, formatted)
+    check_generation(model, formatted, injections, max_new_tokens)
     device = torch.device(model.cfg.device)
     pad = pad_token_id(model.tokenizer)
     ids, mask, offsets = left_pad([p.token_ids for p in formatted], pad)
