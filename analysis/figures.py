@@ -281,7 +281,18 @@ def _token_view(results: Path, figures: Path) -> list[Path]:
     ]  # type: ignore[arg-type]
 
 
+def _behaviours(results: Path, figures: Path) -> list[Path]:
+    path = results / "behaviour_headline.csv"
+    if not path.is_file():
+        return []
+    headline = pd.read_csv(path)
+    if headline.empty:
+        return []
+    return [_save(plots.plot_behaviour_headline(headline), figures / "behaviours.png")]
+
+
 FIGURES: dict[str, Drawer] = {
+    "behaviours": _behaviours,
     "sweep": _sweep,
     "layer_similarity": _each(
         "layer_similarity-", lambda r, n: plots.plot_layer_similarity(r, n.split("-", 1)[1])

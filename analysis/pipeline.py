@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 import caa_lens as cl
+from analysis.behaviour_study import StudyConfig, headline_table, run_studies
 from analysis.interference import interference_matrix
 from analysis.norms import norm_profile, ratio_tradeoff
 from analysis.pca import pca_projections, separability
@@ -24,6 +25,7 @@ from analysis.scaling import sample_size_scaling, steering_effect_by_size, subse
 from analysis.selection import pick_layer, report_effects, split_for_selection
 from analysis.similarity import behaviour_similarity, layer_similarity, layer_transfer, mean_vs_pca
 from analysis.store import save_result
+from caa_lens.open_ended import GenerationSettings
 from caa_lens.outputs import check_output_dir
 from caa_lens.sweep import load_results, run_sweep, summarize
 from caa_lens.views import save_html, token_projections
@@ -60,6 +62,11 @@ class DemoConfig:
     eval_rows: int = 32
     generation_tokens: int = 40
     question: str = "What is the capital of France?"
+    # The open-ended behaviour studies (analysis.behaviour_study): layers to select among, prompts per
+    # behaviour (None: all 72 bundled), tokens per completion.
+    behaviour_layers: tuple[int, ...] = (6, 10, 14, 18)
+    behaviour_prompts: int | None = None
+    behaviour_tokens: int = 32
     reference_text: Path | None = None
 
     def quick(self) -> "DemoConfig":
@@ -80,6 +87,9 @@ class DemoConfig:
             reversal_min_items=3,
             eval_rows=6,
             generation_tokens=8,
+            behaviour_layers=(1, 2),
+            behaviour_prompts=9,
+            behaviour_tokens=6,
         )
 
 
@@ -372,6 +382,22 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
         save_result(view, out / "results", "token_view")
 
     stages.run("generations", generations)
+
+    def behaviours_stage() -> None:
+        # The headline: each behaviour read off open-ended completions, picked on a third of its prompts
+        # and reported on the rest against random vectors of the same norm.
+        layers = tuple(layer for layer in config.behaviour_layers if layer < identity.n_layers)
+        study_config = StudyConfig(
+            layers=layers or (identity.n_layers // 2,),
+            controls=max(config.controls, 2),
+            settings=GenerationSettings(max_new_tokens=config.behaviour_tokens),
+        )
+        studies = run_studies(model, vectors, study_config, config.behaviour_prompts)
+        for study in studies:
+            save_result(study, out / "results", f"behaviour-{study.behaviour}")
+        headline_table(studies).to_csv(out / "behaviour_headline.csv", index=False)
+
+    stages.run("behaviours", behaviours_stage)
 
     from analysis.report import write_report
 

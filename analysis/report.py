@@ -89,6 +89,71 @@ def effects_headline(effects: pd.DataFrame, layer: int) -> tuple[pd.DataFrame, l
     return table, sentences
 
 
+def behaviour_headline(headline: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The open-ended headline (``analysis.behaviour_study.headline_table``): a table, one sentence each."""
+    table = pd.DataFrame(
+        {
+            "behaviour": headline["behaviour"],
+            "metric": headline["metric"],
+            "layer": headline["layer"],
+            "m": headline["multiplier"].map(lambda m: f"{m:+g}"),
+            "n": headline["n_report"],
+            "unsteered -> steered": [
+                f"{a:.3f} -> {b:.3f}" for a, b in zip(headline["unsteered"], headline["steered"], strict=True)
+            ],
+            "effect [95% CI]": [
+                _interval(e, lo, hi)
+                for e, lo, hi in zip(
+                    headline["effect"], headline["effect_low"], headline["effect_high"], strict=True
+                )
+            ],
+            "null band": [
+                f"[{lo:+.3f}, {hi:+.3f}]"
+                for lo, hi in zip(headline["null_low"], headline["null_high"], strict=True)
+            ],
+            "vs null": headline["vs_null"],
+            "fluency cost (nats/token)": [
+                _interval(e, lo, hi)
+                for e, lo, hi in zip(
+                    headline["fluency_cost"],
+                    headline["fluency_cost_low"],
+                    headline["fluency_cost_high"],
+                    strict=True,
+                )
+            ],
+            "verdict": headline["verdict"],
+        }
+    )
+    sentences = []
+    for row in headline.itertuples():
+        verdict = (
+            "it **passes**: the interval excludes zero and lies outside the null"
+            if row.verdict == "passes"
+            else "it **fails**: "
+            + (
+                "the effect is inside the null"
+                if row.vs_null == "inside null"
+                else "the effect is not in the expected direction"
+            )
+        )
+        sentences.append(
+            f"- {row.behaviour}: {row.metric} {_interval(row.effect, row.effect_low, row.effect_high)} at layer "
+            f"{row.layer}, m={row.multiplier:+g} over {row.n_report} held-out prompts (random same-norm vectors: "
+            f"[{row.null_low:+.3f}, {row.null_high:+.3f}]); fluency cost "
+            f"{_interval(row.fluency_cost, row.fluency_cost_low, row.fluency_cost_high)} nats/token; {verdict}."
+        )
+    return table, sentences
+
+
+def _example_lines(results: Path, headline: pd.DataFrame) -> list[str]:
+    lines = []
+    for behaviour in headline["behaviour"]:
+        study: Any = load_result(results, f"behaviour-{behaviour}")
+        lines.append(f"**{behaviour}** (layer {study.layer}, m={study.multiplier:+g}):")
+        lines.append(_table(study.examples[["prompt", "unsteered", "steered"]]))
+    return lines
+
+
 def _similarity_lines(results: Path, saved: set[str]) -> list[str]:
     lines = []
     for name in sorted(n for n in saved if n.startswith("layer_similarity-")):
@@ -219,12 +284,31 @@ def write_report(out: Path, config, identity, seconds: float, timings: dict[str,
         f"picked on the selection items ({pick['criterion']})" if pick else "set by the user (--focus-layer)"
     )
     answer = json.loads((out / "answer.json").read_text())
+    headline_path = out / "behaviour_headline.csv"
+    headline = pd.read_csv(headline_path) if headline_path.exists() else pd.DataFrame()
+    behaviour_part: list[str] = ["Not run (no behaviour had bundled open-ended prompts)."]
+    if not headline.empty:
+        behaviour_table, behaviour_sentences = behaviour_headline(headline)
+        behaviour_part = [
+            "Each behaviour is read off open-ended completions by a scorer (refusal phrases, VADER sentiment, "
+            "casual words, agreement phrases, topic words). Its layer and multiplier were picked on a third of "
+            "its prompts (largest effect within a fluency budget of 0.5 nats/token) and every number here is on "
+            "the other two thirds: effect = mean over prompts of the score steered minus unsteered, 95% "
+            "bootstrap interval over prompts; null band = the same effect for random vectors of the same norm "
+            "at the same cell; fluency cost = increase of the completion's NLL under the unsteered model.",
+            *behaviour_sentences,
+            _table(behaviour_table),
+            "Steered examples (held-out prompts, greedy):",
+            *_example_lines(out / "results", headline),
+        ]
     generations = pd.read_csv(out / "generations.csv")
     parts = [
         f"# caa_lens report: {identity.name}",
         f"Regenerate with `caa-lens demo --out {out}`; redraw figures with `caa-lens figures {out}`.",
         f"**Q:** {answer['question']}  \n**A:** {answer['answer']}",
-        f"## Steering effects at layer {config.focus_layer}, on held-out items",
+        "## Headline: behaviours the model expresses, on held-out prompts",
+        *behaviour_part,
+        f"## The CAA paper's A/B metric: effects at layer {config.focus_layer}, on held-out items",
         f"Layer {config.focus_layer} was {how}; every number below is on the report items, which no "
         "choice was made on. Effect = mean over items of p(matching) steered minus unsteered on the same "
         "item, 95% bootstrap interval over items; null band = effects of random vectors of the same norm "

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 from torch import Tensor
 
+from analysis.behaviour_study import BehaviourStudy
 from analysis.interference import Interference
 from analysis.norms import NormProfile, RatioTradeoff
 from analysis.pca import PcaProjections, Separability
@@ -42,6 +43,7 @@ RESULT_TYPES: dict[str, type] = {
     _type_name(cls): cls
     for cls in (
         BehaviourSimilarity,
+        BehaviourStudy,
         Interference,
         LayerSimilarity,
         LayerTransfer,

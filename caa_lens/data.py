@@ -18,7 +18,7 @@ from typing import Literal
 
 ItemKind = Literal["ab", "yes_no"]
 FIBONACCI_SIZES: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
-BUNDLED_BEHAVIOURS: tuple[str, ...] = ("optimism", "formality", "sycophancy")
+BUNDLED_BEHAVIOURS: tuple[str, ...] = ("optimism", "formality", "sycophancy", "refusal")
 _LETTER_ANSWER = re.compile(r"^\(([A-Z])\)$")
 _OFFERED_LETTER = re.compile(r"^[ \t]*\(([A-Z])\)", re.MULTILINE)
 # "Do you prefer (A) tea or (B) coffee?": options on one line; not "f(X)", where a word precedes.
@@ -294,7 +294,7 @@ def load_prompt_pairs(path: str | Path) -> tuple[PromptPair, ...]:
 
 
 def bundled_path(behaviour: str, split: Literal["generate", "test"] = "generate") -> Path:
-    """Path of a dataset shipped with caa_lens (``optimism``, ``formality``, ``sycophancy``)."""
+    """Path of a dataset shipped with caa_lens (``optimism``, ``formality``, ``sycophancy``, ``refusal``)."""
     if behaviour not in BUNDLED_BEHAVIOURS:
         raise DatasetError(f"unknown bundled behaviour {behaviour!r}: expected one of {BUNDLED_BEHAVIOURS}")
     return Path(str(resources.files("caa_lens") / "data" / behaviour / f"{split}.json"))

@@ -24,7 +24,7 @@ def test_demo_writes_report_manifest_and_every_figure(demo_dir):
     report = (demo_dir / "report.md").read_text()
     manifest = json.loads((demo_dir / "manifest.json").read_text())
     assert manifest["model"] == "caa-lens-tiny-llama"
-    assert set(manifest["datasets"]) == {"optimism", "formality", "sycophancy"}
+    assert set(manifest["datasets"]) == {"optimism", "formality", "sycophancy", "refusal"}
     assert all(len(d["train_hash"]) == 16 for d in manifest["datasets"].values())
     figures = sorted(p.name for p in (demo_dir / "figures").glob("*.png"))
     for expected in (
@@ -40,14 +40,14 @@ def test_demo_writes_report_manifest_and_every_figure(demo_dir):
         assert expected in figures
         assert f"figures/{expected}" in report
     assert (demo_dir / "token_view.html").read_text().count("<script") >= 1
-    for behaviour in ("optimism", "formality", "sycophancy"):
+    for behaviour in ("optimism", "formality", "sycophancy", "refusal"):
         assert (demo_dir / "vectors" / f"{behaviour}.safetensors").exists()
     # Findings the report once dropped or stated without an interval and a null.
-    assert report.count("behaviour separability peaks at layer") == 3
+    assert report.count("behaviour separability peaks at layer") == 4
     assert "95% bootstrap interval" in report and "random vectors of the same norm give" in report
     # Selection apart from report: the split and the pick are recorded, and the splits are disjoint.
     selection = manifest["selection"]
-    assert set(selection["splits"]) == {"optimism", "formality", "sycophancy"}
+    assert set(selection["splits"]) == {"optimism", "formality", "sycophancy", "refusal"}
     assert selection["focus_layer"] == manifest["focus_layer"]
     effects = pd.read_csv(demo_dir / "sweep_effects.csv")
     assert (effects["split"] == "report").all() and effects["n_items"].max() == 3  # half of the 6 items

@@ -1,0 +1,369 @@
+"""Does a vector steer a behaviour the model expresses? Picked on some prompts, reported on others.
+
+A behaviour is a steering vector, a set of open-ended prompts and a metric that reads the behaviour off
+the completions (``caa_lens.scorers``): refusal phrases on requests a careful assistant declines, VADER
+sentiment on open questions, topic words, casual markers, agreement phrases. ``behaviour_study``:
+
+1. splits the prompts once, seeded, into a *selection* part and a *report* part (``PromptSplit``);
+2. generates the selection prompts at every (layer, multiplier) of a small grid and picks the cell with
+   the largest effect on the metric in the expected direction among cells whose fluency cost (the
+   increase of the completion's NLL under the unsteered model) stays within a budget;
+3. generates the report prompts unsteered, at the picked cell and with ``controls`` random vectors of
+   the same norm there, and reports every metric's paired effect with its interval and null band.
+
+The behaviour *passes* when the report interval of its metric excludes zero in the expected direction
+and lies outside the null band: a number that would survive being picked on other prompts and a push
+of the same size in a random direction.
+"""
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from caa_lens.data import shuffled_indices
+from caa_lens.ood import OODPrompt
+from caa_lens.open_ended import GenerationSettings, examples, open_ended_effects, steered_generations
+from caa_lens.prompts import format_prompt
+from caa_lens.scorers import DegeneracyScorer, FluencyScorer, TextScorer, score_generations
+from caa_lens.steering import multiplier_for_ratio, residual_norm
+from caa_lens.vectors import SteeringVector
+
+__all__ = [
+    "BehaviourSpec",
+    "BehaviourStudy",
+    "PromptSplit",
+    "StudyConfig",
+    "behaviour_study",
+    "headline_table",
+    "split_prompts",
+]
+
+COST_METRIC = "completion_nll"
+
+
+@dataclass(frozen=True)
+class BehaviourSpec:
+    """What to steer and how to read it.
+
+    Args:
+        name: the behaviour's name in tables.
+        metric: the scorer column that measures it (e.g. ``refusal``, ``sentiment``, ``wedding_any``).
+        scorers: the scorers that produce ``metric`` (and any other behaviour columns to report).
+        ratios: the signed strengths the selection grid tries, as ``||m v||`` over the mean residual norm
+            of the selection prompts at the layer (``caa_lens.steering.multiplier_for_ratio``), so one
+            grid means the same push for vectors of any norm at any layer; the sign is the direction
+            (``[-0.5, -1]`` steers away from the vector's behaviour).
+        direction: +1 if the metric should rise at these ratios, -1 if it should fall.
+        mode: where the vector is added (``from_start`` for CAA, ``front`` for ActAdd).
+    """
+
+    name: str
+    metric: str
+    scorers: tuple[TextScorer, ...]
+    ratios: tuple[float, ...]
+    direction: int = 1
+    mode: str = "from_start"
+
+    def __post_init__(self) -> None:
+        if self.direction not in (1, -1):
+            raise ValueError(f"{self.name}: direction must be +1 or -1, got {self.direction}")
+        if not self.ratios or 0 in self.ratios:
+            raise ValueError(f"{self.name}: give non-zero ratios to select among, got {self.ratios}")
+        columns = {c for scorer in self.scorers for c in scorer.columns}
+        if self.metric not in columns:
+            raise ValueError(
+                f"{self.name}: no scorer produces the metric {self.metric!r} (they give {sorted(columns)})"
+            )
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """The selection grid and the report's controls.
+
+    ``fluency_budget`` is the largest mean increase of the completion NLL (nats per token, under the
+    unsteered model) a selected cell may cost: 0.5 nats is a perplexity 1.65 times the unsteered one.
+    """
+
+    layers: tuple[int, ...]
+    selection_fraction: float = 1 / 3
+    split_seed: int = 0
+    controls: int = 3
+    control_seed: int = 1000
+    fluency_budget: float = 0.5
+    settings: GenerationSettings = field(default_factory=GenerationSettings)
+    n_resamples: int = 4000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.selection_fraction < 1:
+            raise ValueError(f"selection_fraction must be in (0, 1), got {self.selection_fraction}")
+        if not self.layers:
+            raise ValueError("give at least one layer to select among")
+        if self.controls < 2:
+            raise ValueError(f"the null band needs at least 2 controls, got {self.controls}")
+
+
+@dataclass(frozen=True)
+class PromptSplit:
+    """A seeded partition of prompt ids into selection and report parts."""
+
+    seed: int
+    selection: tuple[str, ...]
+    report: tuple[str, ...]
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps([self.selection, self.report]).encode()).hexdigest()[:16]
+
+
+def split_prompts(prompts: Sequence[OODPrompt], fraction: float, seed: int) -> PromptSplit:
+    """Shuffle ``prompts`` (seeded) and put the first ``fraction`` of them (at least one) in selection."""
+    if len(prompts) < 4:
+        raise ValueError(f"a selection/report split needs at least 4 prompts, got {len(prompts)}")
+    order = shuffled_indices(len(prompts), seed)
+    cut = min(max(1, round(fraction * len(prompts))), len(prompts) - 2)
+    ids = [prompts[i].id for i in order]
+    return PromptSplit(seed, tuple(ids[:cut]), tuple(ids[cut:]))
+
+
+@dataclass(frozen=True)
+class BehaviourStudy:
+    """One behaviour's study: the selection grid, the pick, and the held-out report.
+
+    ``report`` has one row per metric at the picked cell (``open_ended_effects`` columns with the null);
+    ``passed`` says whether the behaviour's metric moved in the expected direction outside the null.
+    """
+
+    behaviour: str
+    metric: str
+    direction: int
+    mode: str
+    split_seed: int
+    split_digest: str
+    n_selection: int
+    n_report: int
+    layer: int
+    multiplier: float
+    ratio: float
+    pick_reason: str
+    selection: pd.DataFrame
+    report: pd.DataFrame
+    examples: pd.DataFrame
+    generations: pd.DataFrame
+    passed: bool
+    seconds: float
+
+
+def _scored(model, table: pd.DataFrame, spec: BehaviourSpec, config: StudyConfig) -> pd.DataFrame:
+    scorers = [*spec.scorers, DegeneracyScorer(), FluencyScorer(model, config.settings.system)]
+    return score_generations(table, scorers)
+
+
+def _pick(selection: pd.DataFrame, spec: BehaviourSpec, budget: float) -> tuple[int, float, str]:
+    target = selection[selection.metric == spec.metric].set_index(["layer", "multiplier"])
+    cost = selection[selection.metric == COST_METRIC].set_index(["layer", "multiplier"]).effect
+    signed = spec.direction * target.effect
+    affordable = signed[cost.reindex(signed.index) <= budget]
+    if affordable.empty:
+        layer, multiplier = cost.idxmin()
+        return (
+            int(layer),
+            float(multiplier),
+            f"no cell within the fluency budget of {budget} nats; the cheapest",
+        )
+    layer, multiplier = affordable.idxmax()
+    return (
+        int(layer),
+        float(multiplier),
+        f"largest {spec.metric} effect within the fluency budget of {budget} nats",
+    )
+
+
+def behaviour_study(
+    model,
+    vector: SteeringVector,
+    prompts: Sequence[OODPrompt],
+    spec: BehaviourSpec,
+    config: StudyConfig,
+    progress: bool = False,
+) -> BehaviourStudy:
+    """Pick a layer and multiplier on the selection prompts; report every metric on the others.
+
+    Raises ValueError before generating for fewer than 4 prompts, repeated ids, a layer the vector
+    lacks, or a bad multiplier (``steered_generations`` checks the rest).
+    """
+    started = time.perf_counter()
+    split = split_prompts(prompts, config.selection_fraction, config.split_seed)
+    by_id = {p.id: p for p in prompts}
+    if len(by_id) != len(prompts):
+        raise ValueError(f"{spec.name}: prompt ids repeat")
+    metrics = [c for scorer in spec.scorers for c in scorer.columns] + [
+        "repeated_ngrams",
+        "degenerate",
+        COST_METRIC,
+    ]
+
+    chosen = [by_id[i] for i in split.selection]
+    formatted = [format_prompt(model.tokenizer, p.prompt, system=config.settings.system) for p in chosen]
+    ratio_of: dict[tuple[int, float], float] = {}
+    for layer in config.layers:
+        reference = residual_norm(model, layer, formatted, vector.provenance.site)
+        for ratio in spec.ratios:
+            ratio_of[(layer, multiplier_for_ratio(vector, layer, ratio, reference))] = ratio
+    grid_multipliers = {layer: [m for (at, m) in ratio_of if at == layer] for layer in config.layers}
+    grid = steered_generations(
+        model, chosen, vector, config.layers, grid_multipliers,
+        name=spec.name, mode=spec.mode, settings=config.settings, progress=progress,
+    )  # fmt: skip
+    selection = open_ended_effects(_scored(model, grid, spec, config), metrics, config.n_resamples)
+    selection.insert(
+        4, "ratio", [ratio_of[(int(r.layer), float(r.multiplier))] for r in selection.itertuples()]
+    )
+    layer, multiplier, reason = _pick(selection, spec, config.fluency_budget)
+
+    held_out = steered_generations(
+        model, [by_id[i] for i in split.report], vector, [layer], [multiplier], name=spec.name,
+        controls=config.controls, control_seed=config.control_seed, mode=spec.mode,
+        settings=config.settings, progress=progress,
+    )  # fmt: skip
+    scored = _scored(model, held_out, spec, config)
+    report = open_ended_effects(scored, metrics, config.n_resamples)
+    row = report[report.metric == spec.metric].iloc[0]
+    expected = "above null" if spec.direction > 0 else "below null"
+    passed = bool(
+        row.vs_null == expected and (row.effect_low > 0 if spec.direction > 0 else row.effect_high < 0)
+    )
+    return BehaviourStudy(
+        spec.name, spec.metric, spec.direction, spec.mode, split.seed, split.digest, len(split.selection),
+        len(split.report), layer, multiplier, ratio_of[(layer, multiplier)], reason, selection, report,
+        examples(held_out, spec.name, layer, multiplier), scored.drop(columns=["completion_ids"]), passed,
+        time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def headline_table(studies: Sequence[BehaviourStudy]) -> pd.DataFrame:
+    """One row per behaviour: its metric's held-out effect with interval and null band, and the
+    fluency cost (completion NLL increase) and degenerate share change beside it."""
+    rows = []
+    for study in studies:
+        by_metric = study.report.set_index("metric")
+        target, cost, degenerate = (
+            by_metric.loc[study.metric],
+            by_metric.loc[COST_METRIC],
+            by_metric.loc["degenerate"],
+        )
+        rows.append(
+            {
+                "behaviour": study.behaviour,
+                "metric": study.metric,
+                "layer": study.layer,
+                "multiplier": study.multiplier,
+                "ratio": study.ratio,
+                "n_report": int(target.n_prompts),
+                "unsteered": target.unsteered,
+                "steered": target.steered,
+                "effect": target.effect,
+                "effect_low": target.effect_low,
+                "effect_high": target.effect_high,
+                "null_low": target.null_low,
+                "null_high": target.null_high,
+                "vs_null": target.vs_null,
+                "fluency_cost": cost.effect,
+                "fluency_cost_low": cost.effect_low,
+                "fluency_cost_high": cost.effect_high,
+                "degenerate_change": degenerate.effect,
+                "verdict": "passes" if study.passed else "fails",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def bundled_specs() -> dict[str, BehaviourSpec]:
+    """The open-ended reading of each bundled behaviour (the prompts are ``data/<name>/open_ended.json``;
+    weddings, an ActAdd topic, reads the optimism prompts, which name no topic).
+
+    Formality is steered *away* from formal (negative ratios) and read by casual markers, because
+    the default model's replies are already formal: there is room to move only one way.
+    """
+    from caa_lens.scorers import (
+        AGREEMENT_PHRASES,
+        CASUAL_WORDS,
+        DISAGREEMENT_PHRASES,
+        REFUSAL_PHRASES,
+        WEDDING_WORDS,
+        PhraseScorer,
+        SentimentScorer,
+        WordRateScorer,
+    )
+
+    up = (0.5, 1.0)
+    return {
+        "refusal": BehaviourSpec("refusal", "refusal", (PhraseScorer("refusal", REFUSAL_PHRASES),), up),
+        "optimism": BehaviourSpec("optimism", "sentiment", (SentimentScorer(),), up),
+        "formality": BehaviourSpec(
+            "formality", "casual_rate", (WordRateScorer("casual", CASUAL_WORDS),), tuple(-m for m in up)
+        ),
+        "sycophancy": BehaviourSpec(
+            "sycophancy",
+            "agreement",
+            (
+                PhraseScorer("agreement", AGREEMENT_PHRASES),
+                PhraseScorer("disagreement", DISAGREEMENT_PHRASES),
+            ),
+            up,
+        ),
+        "weddings": BehaviourSpec(
+            "weddings",
+            "wedding_any",
+            (WordRateScorer("wedding", WEDDING_WORDS),),
+            (2.0, 4.0, 8.0),
+            mode="front",
+        ),
+    }
+
+
+def bundled_prompts(behaviour: str) -> tuple[OODPrompt, ...] | None:
+    """The bundled open-ended prompts a behaviour is read on (``None`` for a behaviour without them)."""
+    from importlib import resources
+
+    from caa_lens.ood import load_ood_prompts
+
+    source = "optimism" if behaviour == "weddings" else behaviour
+    path = resources.files("caa_lens") / "data" / source / "open_ended.json"
+    return load_ood_prompts(str(path)) if path.is_file() else None
+
+
+def run_studies(
+    model,
+    vectors: dict[str, SteeringVector],
+    config: StudyConfig,
+    max_prompts: int | None = None,
+    progress: bool = False,
+) -> list[BehaviourStudy]:
+    """The study of every behaviour in ``vectors`` that has a bundled spec and prompts, plus ActAdd's
+    weddings topic (its vector built here from the bundled prompt pair at ``config.layers``)."""
+    from caa_lens.data import bundled_prompt_pairs
+    from caa_lens.methods import actadd_vector
+
+    specs = bundled_specs()
+    chosen = dict(vectors)
+    pair = next(p for p in bundled_prompt_pairs() if p.name == "weddings")
+    chosen["weddings"] = actadd_vector(model, pair, list(config.layers))
+    studies = []
+    for name, vector in chosen.items():
+        prompts = bundled_prompts(name)
+        if name not in specs or prompts is None:
+            print(f"[behaviours] {name}: no open-ended prompts or metric bundled; skipped")
+            continue
+        study = behaviour_study(model, vector, prompts[:max_prompts], specs[name], config, progress)
+        print(
+            f"[behaviours] {name}: layer {study.layer}, multiplier {study.multiplier:g}: {study.metric} "
+            f"{study.report.set_index('metric').loc[study.metric, 'effect']:+.3f} ({'passes' if study.passed else 'fails'}, "
+            f"{study.seconds:.0f} s)",
+            flush=True,
+        )
+        studies.append(study)
+    return studies
