@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from caa_lens.data import shuffled_indices
+from caa_lens.data import ContrastiveDataset, shuffled_indices
 from caa_lens.ood import OODPrompt
 from caa_lens.open_ended import GenerationSettings, examples, open_ended_effects, steered_generations
 from caa_lens.prompts import format_prompt
@@ -38,7 +38,11 @@ __all__ = [
     "PromptSplit",
     "StudyConfig",
     "behaviour_study",
+    "bundled_prompts",
+    "bundled_specs",
     "headline_table",
+    "reply_text_vector",
+    "run_studies",
     "split_prompts",
 ]
 
@@ -145,6 +149,7 @@ class BehaviourStudy:
     split_digest: str
     n_selection: int
     n_report: int
+    vector: str
     layer: int
     multiplier: float
     ratio: float
@@ -162,35 +167,34 @@ def _scored(model, table: pd.DataFrame, spec: BehaviourSpec, config: StudyConfig
     return score_generations(table, scorers)
 
 
-def _pick(selection: pd.DataFrame, spec: BehaviourSpec, budget: float) -> tuple[int, float, str]:
-    target = selection[selection.metric == spec.metric].set_index(["layer", "multiplier"])
-    cost = selection[selection.metric == COST_METRIC].set_index(["layer", "multiplier"]).effect
+def _pick(selection: pd.DataFrame, spec: BehaviourSpec, budget: float) -> tuple[str, int, float, str]:
+    cell = ["vector", "layer", "multiplier"]
+    target = selection[selection.metric == spec.metric].set_index(cell)
+    cost = selection[selection.metric == COST_METRIC].set_index(cell).effect
     signed = spec.direction * target.effect
     affordable = signed[cost.reindex(signed.index) <= budget]
     if affordable.empty:
-        layer, multiplier = cost.idxmin()
-        return (
-            int(layer),
-            float(multiplier),
-            f"no cell within the fluency budget of {budget} nats; the cheapest",
-        )
-    layer, multiplier = affordable.idxmax()
-    return (
-        int(layer),
-        float(multiplier),
-        f"largest {spec.metric} effect within the fluency budget of {budget} nats",
-    )
+        name, layer, multiplier = cost.idxmin()
+        reason = f"no cell within the fluency budget of {budget} nats; the cheapest"
+    else:
+        name, layer, multiplier = affordable.idxmax()
+        reason = f"largest {spec.metric} effect within the fluency budget of {budget} nats"
+    return str(name), int(layer), float(multiplier), reason
 
 
 def behaviour_study(
     model,
-    vector: SteeringVector,
+    vector: SteeringVector | dict[str, SteeringVector],
     prompts: Sequence[OODPrompt],
     spec: BehaviourSpec,
     config: StudyConfig,
     progress: bool = False,
 ) -> BehaviourStudy:
     """Pick a layer and multiplier on the selection prompts; report every metric on the others.
+
+    ``vector`` may be several candidates by name (e.g. a vector read at the answer letter and one read
+    at the end of the reply text): the pick is then over (candidate, layer, ratio), on the selection
+    prompts like the rest, and ``BehaviourStudy.vector`` names the one reported.
 
     Raises ValueError before generating for fewer than 4 prompts, repeated ids, a layer the vector
     lacks, or a bad multiplier (``steered_generations`` checks the rest).
@@ -206,26 +210,45 @@ def behaviour_study(
         COST_METRIC,
     ]
 
+    candidates = vector if isinstance(vector, dict) else {spec.name: vector}
     chosen = [by_id[i] for i in split.selection]
     formatted = [format_prompt(model.tokenizer, p.prompt, system=config.settings.system) for p in chosen]
-    ratio_of: dict[tuple[int, float], float] = {}
-    for layer in config.layers:
-        reference = residual_norm(model, layer, formatted, vector.provenance.site)
-        for ratio in spec.ratios:
-            ratio_of[(layer, multiplier_for_ratio(vector, layer, ratio, reference))] = ratio
-    grid_multipliers = {layer: [m for (at, m) in ratio_of if at == layer] for layer in config.layers}
-    grid = steered_generations(
-        model, chosen, vector, config.layers, grid_multipliers,
-        name=spec.name, mode=spec.mode, settings=config.settings, progress=progress,
-    )  # fmt: skip
+    references = {
+        (site, layer): residual_norm(model, layer, formatted, site)
+        for site in {v.provenance.site for v in candidates.values()}
+        for layer in config.layers
+    }
+    ratio_of: dict[tuple[str, int, float], float] = {}
+    tables = []
+    for name, candidate in candidates.items():
+        for layer in config.layers:
+            reference = references[(candidate.provenance.site, layer)]
+            for ratio in spec.ratios:
+                ratio_of[(name, layer, multiplier_for_ratio(candidate, layer, ratio, reference))] = ratio
+        per_layer = {
+            layer: [m for (n, at, m) in ratio_of if (n, at) == (name, layer)] for layer in config.layers
+        }
+        tables.append(
+            steered_generations(
+                model,
+                chosen,
+                candidate,
+                config.layers,
+                per_layer,
+                name=name,
+                mode=spec.mode,
+                settings=config.settings,
+                progress=progress,
+            )
+        )
+    grid = pd.concat(tables, ignore_index=True)
     selection = open_ended_effects(_scored(model, grid, spec, config), metrics, config.n_resamples)
-    selection.insert(
-        4, "ratio", [ratio_of[(int(r.layer), float(r.multiplier))] for r in selection.itertuples()]
-    )
-    layer, multiplier, reason = _pick(selection, spec, config.fluency_budget)
+    ratios = [ratio_of[(str(r.vector), int(r.layer), float(r.multiplier))] for r in selection.itertuples()]
+    selection.insert(4, "ratio", ratios)
+    picked, layer, multiplier, reason = _pick(selection, spec, config.fluency_budget)
 
     held_out = steered_generations(
-        model, [by_id[i] for i in split.report], vector, [layer], [multiplier], name=spec.name,
+        model, [by_id[i] for i in split.report], candidates[picked], [layer], [multiplier], name=picked,
         controls=config.controls, control_seed=config.control_seed, mode=spec.mode,
         settings=config.settings, progress=progress,
     )  # fmt: skip
@@ -238,8 +261,9 @@ def behaviour_study(
     )
     return BehaviourStudy(
         spec.name, spec.metric, spec.direction, spec.mode, split.seed, split.digest, len(split.selection),
-        len(split.report), layer, multiplier, ratio_of[(layer, multiplier)], reason, selection, report,
-        examples(held_out, spec.name, layer, multiplier), scored.drop(columns=["completion_ids"]), passed,
+        len(split.report), picked, layer, multiplier, ratio_of[(picked, layer, multiplier)], reason, selection,
+        report,
+        examples(held_out, picked, layer, multiplier), scored.drop(columns=["completion_ids"]), passed,
         time.perf_counter() - started,
     )  # fmt: skip
 
@@ -258,6 +282,7 @@ def headline_table(studies: Sequence[BehaviourStudy]) -> pd.DataFrame:
         rows.append(
             {
                 "behaviour": study.behaviour,
+                "vector": study.vector,
                 "metric": study.metric,
                 "layer": study.layer,
                 "multiplier": study.multiplier,
@@ -336,33 +361,57 @@ def bundled_prompts(behaviour: str) -> tuple[OODPrompt, ...] | None:
     return load_ood_prompts(str(path)) if path.is_file() else None
 
 
+def reply_text_vector(model, dataset: ContrastiveDataset, layers: Sequence[int]) -> SteeringVector:
+    """A vector read at the last token of each option's *text* given as the reply (no letter anywhere:
+    ``caa_lens.likelihood.letter_free_dataset``), the plain mean difference over pairs."""
+    from caa_lens.extraction import extract_contrastive
+    from caa_lens.likelihood import letter_free_dataset
+    from caa_lens.methods import contrastive_vector
+
+    texts = letter_free_dataset(dataset)
+    activations = extract_contrastive(model, texts, list(layers), position_rule="last", progress=False)
+    return contrastive_vector(model, activations, method="mean_difference")
+
+
 def run_studies(
     model,
     vectors: dict[str, SteeringVector],
     config: StudyConfig,
     max_prompts: int | None = None,
     progress: bool = False,
+    training: dict[str, ContrastiveDataset] | None = None,
 ) -> list[BehaviourStudy]:
     """The study of every behaviour in ``vectors`` that has a bundled spec and prompts, plus ActAdd's
-    weddings topic (its vector built here from the bundled prompt pair at ``config.layers``)."""
+    weddings topic (its vector built here from the bundled prompt pair at ``config.layers``).
+
+    With ``training`` (the A/B sets the vectors were built from), each behaviour also gets a candidate
+    read at the end of the reply text (``reply_text_vector``, named ``<behaviour>-text``) beside the
+    answer-letter vector, and the selection prompts choose between them.
+    """
     from caa_lens.data import bundled_prompt_pairs
     from caa_lens.methods import actadd_vector
 
     specs = bundled_specs()
-    chosen = dict(vectors)
     pair = next(p for p in bundled_prompt_pairs() if p.name == "weddings")
-    chosen["weddings"] = actadd_vector(model, pair, list(config.layers))
+    candidates: dict[str, dict[str, SteeringVector]] = {
+        name: {name: vector} for name, vector in vectors.items() if name in specs
+    }
+    for name in candidates:
+        if training is not None and name in training:
+            candidates[name][f"{name}-text"] = reply_text_vector(model, training[name], config.layers)
+    candidates["weddings"] = {"weddings": actadd_vector(model, pair, list(config.layers))}
     studies = []
-    for name, vector in chosen.items():
+    for name, options in candidates.items():
         prompts = bundled_prompts(name)
-        if name not in specs or prompts is None:
-            print(f"[behaviours] {name}: no open-ended prompts or metric bundled; skipped")
+        if prompts is None:
+            print(f"[behaviours] {name}: no open-ended prompts bundled; skipped")
             continue
-        study = behaviour_study(model, vector, prompts[:max_prompts], specs[name], config, progress)
+        study = behaviour_study(model, options, prompts[:max_prompts], specs[name], config, progress)
+        effect = study.report.set_index("metric").loc[study.metric, "effect"]
         print(
-            f"[behaviours] {name}: layer {study.layer}, multiplier {study.multiplier:g}: {study.metric} "
-            f"{study.report.set_index('metric').loc[study.metric, 'effect']:+.3f} ({'passes' if study.passed else 'fails'}, "
-            f"{study.seconds:.0f} s)",
+            f"[behaviours] {name}: {study.vector} at layer {study.layer}, ratio {study.ratio:g} "
+            f"(m={study.multiplier:.3g}): {study.metric} {effect:+.3f} "
+            f"({'passes' if study.passed else 'fails'}, {study.seconds:.0f} s)",
             flush=True,
         )
         studies.append(study)

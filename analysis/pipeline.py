@@ -64,7 +64,7 @@ class DemoConfig:
     question: str = "What is the capital of France?"
     # The open-ended behaviour studies (analysis.behaviour_study): layers to select among, prompts per
     # behaviour (None: all 72 bundled), tokens per completion.
-    behaviour_layers: tuple[int, ...] = (6, 10, 14, 18)
+    behaviour_layers: tuple[int, ...] = (8, 12, 16)
     behaviour_prompts: int | None = None
     behaviour_tokens: int = 32
     reference_text: Path | None = None
@@ -196,6 +196,22 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
         vectors[behaviour] = cl.contrastive_vector(model, acts)  # letter-balanced
         cl.save_vector(vectors[behaviour], out / "vectors" / f"{behaviour}.safetensors")
     focus_vector, focus_acts = vectors[config.focus], activations[config.focus]
+
+    def behaviours_stage() -> None:
+        # The headline: each behaviour read off open-ended completions, picked on a third of its prompts
+        # and reported on the rest against random vectors of the same norm.
+        layers = tuple(layer for layer in config.behaviour_layers if layer < identity.n_layers)
+        study_config = StudyConfig(
+            layers=layers or (identity.n_layers // 2,),
+            controls=max(config.controls, 2),
+            settings=GenerationSettings(max_new_tokens=config.behaviour_tokens, batch_size=32),
+        )
+        studies = run_studies(model, vectors, study_config, config.behaviour_prompts, training=train)
+        for study in studies:
+            save_result(study, out / "results", f"behaviour-{study.behaviour}")
+        headline_table(studies).to_csv(out / "behaviour_headline.csv", index=False)
+
+    stages.run("behaviours", behaviours_stage)
 
     # Every choice (the focus layer, the ratio) is made on the selection items of a test set and every
     # headline number is computed on its report items; the split is recorded in selection.json.
@@ -382,22 +398,6 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
         save_result(view, out / "results", "token_view")
 
     stages.run("generations", generations)
-
-    def behaviours_stage() -> None:
-        # The headline: each behaviour read off open-ended completions, picked on a third of its prompts
-        # and reported on the rest against random vectors of the same norm.
-        layers = tuple(layer for layer in config.behaviour_layers if layer < identity.n_layers)
-        study_config = StudyConfig(
-            layers=layers or (identity.n_layers // 2,),
-            controls=max(config.controls, 2),
-            settings=GenerationSettings(max_new_tokens=config.behaviour_tokens),
-        )
-        studies = run_studies(model, vectors, study_config, config.behaviour_prompts)
-        for study in studies:
-            save_result(study, out / "results", f"behaviour-{study.behaviour}")
-        headline_table(studies).to_csv(out / "behaviour_headline.csv", index=False)
-
-    stages.run("behaviours", behaviours_stage)
 
     from analysis.report import write_report
 

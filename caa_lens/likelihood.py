@@ -70,6 +70,7 @@ __all__ = [
     "OptionTexts",
     "dataset_option_texts",
     "encode_likelihood_prefixes",
+    "letter_free_dataset",
     "likelihood_prompt",
     "likelihood_prompts",
     "likelihood_scores",
@@ -256,6 +257,30 @@ def dataset_option_texts(dataset: ContrastiveDataset) -> list[OptionTexts]:
     command line checks a dataset with it before loading one."""
     where = dataset.source or dataset.name
     return [option_texts(item, f"{where}: item {i}") for i, item in enumerate(dataset)]
+
+
+def letter_free_dataset(dataset: ContrastiveDataset) -> ContrastiveDataset:
+    """The dataset with each A/B item rewritten as its stem answered by each option's *text*.
+
+    The items become reply-text pairs (``make_item(stem, matching text, non-matching text)``), so
+    ``extract_contrastive(..., position_rule="last")`` reads the residual stream at the last token of
+    the reply itself: a contrast between what the assistant *says*, with no letter anywhere, which a
+    model that cannot answer A/B questions still expresses. Build the vector with
+    ``method="mean_difference"`` (each item is its own label, so there is no letter to balance).
+
+    >>> from caa_lens.data import make_item
+    >>> item = make_item("Tea?\\n\\nChoices:\\n (A) Yes, please.\\n (B) No, thanks.", "(B)", "(A)")
+    >>> letter_free_dataset(ContrastiveDataset("d", (item,)))[0].question
+    'Tea?'
+    """
+    from caa_lens.data import make_item
+
+    where = dataset.source or dataset.name
+    items = [
+        make_item(texts.stem, texts.matching, texts.not_matching, f"{where}: item {i}")
+        for i, texts in enumerate(dataset_option_texts(dataset))
+    ]
+    return ContrastiveDataset(f"{dataset.name}:text", tuple(items), dataset.source)
 
 
 def likelihood_prompt(

@@ -97,3 +97,22 @@ def test_every_bundled_spec_has_prompts_its_scorers_read(name):
     )
     for scorer in spec.scorers:
         assert set(scorer.score(frame)) == set(scorer.columns)
+
+
+def test_the_selection_prompts_choose_between_candidate_vectors(tiny):
+    candidates = {"random": random_like(planted_vector(tiny), seed=3), "planted": planted_vector(tiny)}
+    study = behaviour_study(tiny, candidates, PROMPTS, SPEC, config(tiny))
+    assert study.vector == "planted" and study.passed
+    assert set(study.selection.vector) == {"random", "planted"}
+    assert set(study.generations.vector) == {"planted"} | {f"random:planted:{s}" for s in (1000, 1001, 1002)}
+    assert headline_table([study]).vector.tolist() == ["planted"]
+
+
+def test_reply_text_vectors_read_the_option_texts(tiny):
+    from analysis.behaviour_study import reply_text_vector
+    from caa_lens.data import load_bundled
+
+    data = load_bundled("refusal").select(range(6))
+    vector = reply_text_vector(tiny, data, [1, 2])
+    assert vector.layers == (1, 2)
+    assert vector.provenance.position_rule == "last" and vector.provenance.dataset.endswith(":text")

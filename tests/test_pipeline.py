@@ -52,6 +52,13 @@ def test_demo_writes_report_manifest_and_every_figure(demo_dir):
     effects = pd.read_csv(demo_dir / "sweep_effects.csv")
     assert (effects["split"] == "report").all() and effects["n_items"].max() == 3  # half of the 6 items
     assert {"effect_low", "effect_high", "null_low", "null_high", "vs_null", "letter_pattern"} <= set(effects)
+    # The headline: every bundled behaviour (and the weddings topic) read off open-ended completions,
+    # with its interval, null band, fluency cost and verdict, and the figure of it.
+    headline = pd.read_csv(demo_dir / "behaviour_headline.csv")
+    assert set(headline.behaviour) == {"optimism", "formality", "sycophancy", "refusal", "weddings"}
+    assert {"effect_low", "effect_high", "null_low", "null_high", "fluency_cost", "verdict"} <= set(headline)
+    assert report.index("## Headline") < report.index("## The CAA paper's A/B metric")
+    assert "figures/behaviours.png" in report
 
 
 @pytest.mark.slow
@@ -75,6 +82,7 @@ def test_figures_redrawn_from_saved_results(demo_dir, tmp_path, capsys):
             "sweep_multipliers.png",
             "pca-formality.png",
             "pca-optimism.png",
+            "pca-refusal.png",
             "pca-sycophancy.png",
         ]
     )
