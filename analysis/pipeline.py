@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 import caa_lens as cl
+from analysis.actadd import run_actadd_short
 from analysis.behaviour_study import StudyConfig, headline_table, run_studies
 from analysis.interference import interference_matrix
 from analysis.norms import norm_profile, ratio_tradeoff
@@ -67,6 +68,7 @@ class DemoConfig:
     behaviour_layers: tuple[int, ...] = (8, 12, 16)
     behaviour_prompts: int | None = None
     behaviour_tokens: int = 32
+    actadd_quick: bool = False  # ActAdd's experiments at smoke sizes (the tiny model)
     reference_text: Path | None = None
 
     def quick(self) -> "DemoConfig":
@@ -90,6 +92,7 @@ class DemoConfig:
             behaviour_layers=(1, 2),
             behaviour_prompts=9,
             behaviour_tokens=6,
+            actadd_quick=True,
         )
 
 
@@ -212,6 +215,13 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
         headline_table(studies).to_csv(out / "behaviour_headline.csv", index=False)
 
     stages.run("behaviours", behaviours_stage)
+
+    def actadd_stage() -> None:
+        # ActAdd's three quantitative experiments in short form (analysis.actadd): the ActAdd texts and
+        # SST-2 from $CAA_LENS_SHARED_DATA when set, else the texts and sentences bundled with analysis.
+        run_actadd_short(model, out / "actadd", quick=config.actadd_quick)
+
+    stages.run("actadd", actadd_stage)
 
     # Every choice (the focus layer, the ratio) is made on the selection items of a test set and every
     # headline number is computed on its report items; the split is recorded in selection.json.

@@ -154,6 +154,56 @@ def _example_lines(results: Path, headline: pd.DataFrame) -> list[str]:
     return lines
 
 
+def _actadd_lines(folder: Path) -> list[str]:
+    """ActAdd's three experiments in short form, from the tables ``analysis.actadd`` saved."""
+    if not folder.is_dir():
+        return ["Not run."]
+    lines = []
+    for experiment, metric, what in (
+        ("weddings", "wedding_any", "share of completions with a wedding word"),
+        ("sentiment", "positive", "VADER positive share of replies to negative SST-2 sentences"),
+    ):
+        path = folder / f"{experiment}_effects.csv"
+        if not path.is_file():
+            continue
+        effects = pd.read_csv(path)
+        best = effects[effects["best"] & (effects["metric"] == metric)]
+        for row in best.itertuples():
+            lines.append(
+                f"- {experiment} ({what}): best cell layer {row.layer}, coefficient {row.multiplier:g} "
+                f"(picked on the same prompts, so optimistic): {row.unsteered:.3f} -> {row.steered:.3f}, effect "
+                f"{_interval(row.effect, row.effect_low, row.effect_high)} over {row.n_prompts} prompts; "
+                f"random same-norm vectors [{row.null_low:+.3f}, {row.null_high:+.3f}] ({row.vs_null})."
+            )
+    path = folder / "perplexity_ratios.csv"
+    if path.is_file():
+        ratios = pd.read_csv(path)
+        ratios = ratios[~ratios["is_control"]]
+        table = pd.DataFrame(
+            {
+                "text": ratios["text"],
+                "coefficient": ratios["coefficient"],
+                "perplexity ratio [95% CI]": [
+                    f"{r:.3f} [{lo:.3f}, {hi:.3f}]"
+                    for r, lo, hi in zip(
+                        ratios["ratio"], ratios["ratio_low"], ratios["ratio_high"], strict=True
+                    )
+                ],
+                "null band": [
+                    f"[{lo:.3f}, {hi:.3f}]"
+                    for lo, hi in zip(ratios["null_low"], ratios["null_high"], strict=True)
+                ],
+                "vs null": ratios["vs_null"],
+            }
+        )
+        lines += [
+            "- Perplexity of each text steered / unsteered under the weddings vector (ActAdd: the wedding "
+            "text gets easier, the others do not):",
+            _table(table),
+        ]
+    return lines or ["Not run."]
+
+
 def _similarity_lines(results: Path, saved: set[str]) -> list[str]:
     lines = []
     for name in sorted(n for n in saved if n.startswith("layer_similarity-")):
@@ -308,6 +358,10 @@ def write_report(out: Path, config, identity, seconds: float, timings: dict[str,
         f"**Q:** {answer['question']}  \n**A:** {answer['answer']}",
         "## Headline: behaviours the model expresses, on held-out prompts",
         *behaviour_part,
+        "## ActAdd's quantitative experiments (short form)",
+        "Full size and figures: `caa-lens actadd weddings|perplexity|sentiment --out DIR`. Here, from "
+        f"`{out / 'actadd'}`:",
+        *_actadd_lines(out / "actadd"),
         f"## The CAA paper's A/B metric: effects at layer {config.focus_layer}, on held-out items",
         f"Layer {config.focus_layer} was {how}; every number below is on the report items, which no "
         "choice was made on. Effect = mean over items of p(matching) steered minus unsteered on the same "

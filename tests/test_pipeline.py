@@ -59,6 +59,11 @@ def test_demo_writes_report_manifest_and_every_figure(demo_dir):
     assert {"effect_low", "effect_high", "null_low", "null_high", "fluency_cost", "verdict"} <= set(headline)
     assert report.index("## Headline") < report.index("## The CAA paper's A/B metric")
     assert "figures/behaviours.png" in report
+    # ActAdd's three experiments in short form, with their tables and figures.
+    assert "## ActAdd's quantitative experiments (short form)" in report
+    for table in ("weddings_effects.csv", "perplexity_ratios.csv", "sentiment_effects.csv"):
+        assert (demo_dir / "actadd" / table).is_file()
+    assert "Perplexity of each text steered / unsteered" in report
 
 
 @pytest.mark.slow
