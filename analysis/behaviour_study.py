@@ -63,6 +63,8 @@ class BehaviourSpec:
             (``[-0.5, -1]`` steers away from the vector's behaviour).
         direction: +1 if the metric should rise at these ratios, -1 if it should fall.
         mode: where the vector is added (``from_start`` for CAA, ``front`` for ActAdd).
+        layers: the layers to select among for this behaviour (``None``: ``StudyConfig.layers``); those
+            the model lacks are dropped.
     """
 
     name: str
@@ -71,6 +73,7 @@ class BehaviourSpec:
     ratios: tuple[float, ...]
     direction: int = 1
     mode: str = "from_start"
+    layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.direction not in (1, -1):
@@ -174,8 +177,9 @@ def _pick(selection: pd.DataFrame, spec: BehaviourSpec, budget: float) -> tuple[
     signed = spec.direction * target.effect
     affordable = signed[cost.reindex(signed.index) <= budget]
     if affordable.empty:
-        name, layer, multiplier = cost.idxmin()
-        reason = f"no cell within the fluency budget of {budget} nats; the cheapest"
+        # Nothing is fluent enough: report the strongest push anyway, flagged, with its cost beside it.
+        name, layer, multiplier = signed.idxmax()
+        reason = f"largest {spec.metric} effect; NO cell was within the fluency budget of {budget} nats"
     else:
         name, layer, multiplier = affordable.idxmax()
         reason = f"largest {spec.metric} effect within the fluency budget of {budget} nats"
@@ -211,29 +215,29 @@ def behaviour_study(
     ]
 
     candidates = vector if isinstance(vector, dict) else {spec.name: vector}
+    layers = config.layers if spec.layers is None else spec.layers
+    layers = tuple(layer for layer in layers if layer < model.cfg.n_layers) or config.layers
     chosen = [by_id[i] for i in split.selection]
     formatted = [format_prompt(model.tokenizer, p.prompt, system=config.settings.system) for p in chosen]
     references = {
         (site, layer): residual_norm(model, layer, formatted, site)
         for site in {v.provenance.site for v in candidates.values()}
-        for layer in config.layers
+        for layer in layers
     }
     ratio_of: dict[tuple[str, int, float], float] = {}
     tables = []
     for name, candidate in candidates.items():
-        for layer in config.layers:
+        for layer in layers:
             reference = references[(candidate.provenance.site, layer)]
             for ratio in spec.ratios:
                 ratio_of[(name, layer, multiplier_for_ratio(candidate, layer, ratio, reference))] = ratio
-        per_layer = {
-            layer: [m for (n, at, m) in ratio_of if (n, at) == (name, layer)] for layer in config.layers
-        }
+        per_layer = {layer: [m for (n, at, m) in ratio_of if (n, at) == (name, layer)] for layer in layers}
         tables.append(
             steered_generations(
                 model,
                 chosen,
                 candidate,
-                config.layers,
+                layers,
                 per_layer,
                 name=name,
                 mode=spec.mode,
@@ -300,6 +304,7 @@ def headline_table(studies: Sequence[BehaviourStudy]) -> pd.DataFrame:
                 "fluency_cost_low": cost.effect_low,
                 "fluency_cost_high": cost.effect_high,
                 "degenerate_change": degenerate.effect,
+                "within_budget": "NO cell" not in study.pick_reason,
                 "verdict": "passes" if study.passed else "fails",
             }
         )
@@ -324,7 +329,8 @@ def bundled_specs() -> dict[str, BehaviourSpec]:
         WordRateScorer,
     )
 
-    up = (0.5, 1.0)
+    # Norm ratios: at 0.5 and above every vector cost more than 0.5 nats/token on this model (measured).
+    up = (0.15, 0.3)
     return {
         "refusal": BehaviourSpec("refusal", "refusal", (PhraseScorer("refusal", REFUSAL_PHRASES),), up),
         "optimism": BehaviourSpec("optimism", "sentiment", (SentimentScorer(),), up),
@@ -344,8 +350,9 @@ def bundled_specs() -> dict[str, BehaviourSpec]:
             "weddings",
             "wedding_any",
             (WordRateScorer("wedding", WEDDING_WORDS),),
-            (2.0, 4.0, 8.0),
+            (1.0, 2.0),
             mode="front",
+            layers=(2, 4, 6),  # ActAdd steers early (GPT-2-XL: 6 of 48); measured best at 2-4 here
         ),
     }
 
@@ -382,7 +389,7 @@ def run_studies(
     training: dict[str, ContrastiveDataset] | None = None,
 ) -> list[BehaviourStudy]:
     """The study of every behaviour in ``vectors`` that has a bundled spec and prompts, plus ActAdd's
-    weddings topic (its vector built here from the bundled prompt pair at ``config.layers``).
+    weddings topic (its vector built here from the bundled prompt pair at the topic spec's layers).
 
     With ``training`` (the A/B sets the vectors were built from), each behaviour also gets a candidate
     read at the end of the reply text (``reply_text_vector``, named ``<behaviour>-text``) beside the
@@ -399,7 +406,8 @@ def run_studies(
     for name in candidates:
         if training is not None and name in training:
             candidates[name][f"{name}-text"] = reply_text_vector(model, training[name], config.layers)
-    candidates["weddings"] = {"weddings": actadd_vector(model, pair, list(config.layers))}
+    topic_layers = [layer for layer in specs["weddings"].layers or () if layer < model.cfg.n_layers]
+    candidates["weddings"] = {"weddings": actadd_vector(model, pair, topic_layers or list(config.layers))}
     studies = []
     for name, options in candidates.items():
         prompts = bundled_prompts(name)

@@ -140,7 +140,13 @@ def behaviour_headline(headline: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
             f"- {row.behaviour}: {row.metric} {_interval(row.effect, row.effect_low, row.effect_high)} at layer "
             f"{row.layer}, m={row.multiplier:+g} over {row.n_report} held-out prompts (random same-norm vectors: "
             f"[{row.null_low:+.3f}, {row.null_high:+.3f}]); fluency cost "
-            f"{_interval(row.fluency_cost, row.fluency_cost_low, row.fluency_cost_high)} nats/token; {verdict}."
+            f"{_interval(row.fluency_cost, row.fluency_cost_low, row.fluency_cost_high)} nats/token"
+            + (
+                ""
+                if getattr(row, "within_budget", True)
+                else " (no cell of the grid was within the fluency budget)"
+            )
+            + f"; {verdict}."
         )
     return table, sentences
 
