@@ -543,7 +543,7 @@ def plot_behaviour_headline(headline, save: str | Path | None = None) -> Figure:
                 xerr=[[row.fluency_cost - row.fluency_cost_low], [row.fluency_cost_high - row.fluency_cost]],
                 fmt="s", color="0.3", capsize=3,
             )  # fmt: skip
-        labels = [f"{r.behaviour}\n{r.metric}, L{r.layer} m={r.multiplier:+g}" for r in rows.itertuples()]
+        labels = [f"{r.behaviour}\n{r.metric}, L{r.layer} m={r.multiplier:+.3g}" for r in rows.itertuples()]
         left.set_yticks(y, labels)
         left.axvline(0, color="0.4", lw=0.8)
         right.axvline(0, color="0.4", lw=0.8)

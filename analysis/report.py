@@ -96,7 +96,9 @@ def behaviour_headline(headline: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
             "behaviour": headline["behaviour"],
             "metric": headline["metric"],
             "layer": headline["layer"],
-            "m": headline["multiplier"].map(lambda m: f"{m:+g}"),
+            "vector": headline["vector"] if "vector" in headline else headline["behaviour"],
+            "ratio": headline["ratio"].map(lambda r: f"{r:+g}") if "ratio" in headline else "",
+            "m": headline["multiplier"].map(lambda m: f"{m:+.3g}"),
             "n": headline["n_report"],
             "unsteered -> steered": [
                 f"{a:.3f} -> {b:.3f}" for a, b in zip(headline["unsteered"], headline["steered"], strict=True)
@@ -138,7 +140,7 @@ def behaviour_headline(headline: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]
         )
         sentences.append(
             f"- {row.behaviour}: {row.metric} {_interval(row.effect, row.effect_low, row.effect_high)} at layer "
-            f"{row.layer}, m={row.multiplier:+g} over {row.n_report} held-out prompts (random same-norm vectors: "
+            f"{row.layer}, m={row.multiplier:+.3g} over {row.n_report} held-out prompts (random same-norm vectors: "
             f"[{row.null_low:+.3f}, {row.null_high:+.3f}]); fluency cost "
             f"{_interval(row.fluency_cost, row.fluency_cost_low, row.fluency_cost_high)} nats/token"
             + (
