@@ -583,6 +583,7 @@ def _scored_generations(
     from caa_lens.files import atomic_write_bytes
     from caa_lens.ood import check_generations_output, load_ood_prompts, write_generations
     from caa_lens.open_ended import (
+        EFFECT_COLUMNS,
         GenerationSettings,
         check_effects_output,
         open_ended_effects,
@@ -639,17 +640,9 @@ def _scored_generations(
     metrics = [c for c in scored.columns if c not in table.columns]
     write_generations(scored.drop(columns=["completion_ids"]), out)
     result = open_ended_effects(scored, metrics)
-    columns = [
-        "metric",
-        "multiplier",
-        "n_prompts",
-        "unsteered",
-        "steered",
-        "effect",
-        "effect_low",
-        "effect_high",
-    ]
-    shown = result[columns + (["null_low", "null_high", "vs_null"] if controls else [])]
+    # The effects table's columns less the ones a single-vector, single-layer run repeats on every row.
+    hidden = {"vector", "layer", "n_null"} | (set() if controls else {"null_low", "null_high", "vs_null"})
+    shown = result[[c for c in EFFECT_COLUMNS if c not in hidden]]
     typer.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     if not controls:
         typer.echo("no null band: add --controls 3 (or more) to compare with random vectors of the same norm")
