@@ -1,8 +1,12 @@
-"""Analyses of steering vectors built on caa_lens's public API: similarity, norms, PCA and probes,
-sample-size scaling, multi-behaviour interference and adversarial reversal search.
+"""Analyses of steering vectors built on caa_lens's public API: similarity, layer transfer, norms and
+the ratio/perplexity trade-off, PCA and probes, the answer-letter confound, sample-size scaling,
+multi-behaviour interference, adversarial reversal search, open-ended behaviour studies and ActAdd's
+experiments.
 
-Each analysis is a pure function returning a frozen result dataclass (tensors and pandas tables);
-``analysis.plots`` draws each result as a paper-style figure.
+Each analysis module computes one kind of result and returns a frozen result dataclass (tensors and
+pandas tables); ``analysis.store`` saves and loads them, ``analysis.plots`` draws them (one style, a
+typed figure registry), ``analysis.jobs`` runs them as multi-stage jobs on ``caa_lens.jobs``, and
+``analysis.cli`` is the ``caa-lens`` command. This namespace exports the analyses themselves.
 """
 
 from analysis.interference import Interference, default_combinations, interference_matrix
@@ -14,7 +18,7 @@ from analysis.letters import (
     letter_counts,
     letter_decomposition,
 )
-from analysis.norms import NormProfile, RatioTradeoff, most_efficient_ratio, norm_profile, ratio_tradeoff
+from analysis.norms import NormProfile, norm_profile
 from analysis.pca import (
     PcaProjections,
     Separability,
@@ -26,32 +30,30 @@ from analysis.pca import (
     principal_components,
     separability,
 )
-from analysis.reversal import ReversalConfig, ReversalResult, allowed_tokens, pareto_front, reversal_search
+from analysis.ratio_tradeoff import RatioTradeoff, most_efficient_ratio, ratio_tradeoff
+from analysis.reversal import ReversalConfig, ReversalResult, pareto_front
+from analysis.reversal_search import allowed_tokens, reversal_search
 from analysis.scaling import (
     SampleSizeScaling,
-    SizeEffect,
     bootstrap_interval,
     pair_differences,
     sample_size_scaling,
     split_half_cosine,
-    steering_effect_by_size,
     subset_indices,
     subset_mean_differences,
-    subset_vectors,
 )
 from analysis.similarity import (
     BehaviourSimilarity,
     LayerSimilarity,
-    LayerTransfer,
     MethodSimilarity,
     behaviour_similarity,
     cosine_matrix,
     layer_similarity,
-    layer_transfer,
     mean_vs_pca,
     method_similarity,
-    rehomed,
 )
+from analysis.size_effect import SizeEffect, steering_effect_by_size, subset_vectors
+from analysis.transfer import LayerTransfer, layer_transfer, rehomed
 
 __all__ = [
     "BehaviourSimilarity",

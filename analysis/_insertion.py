@@ -2,16 +2,16 @@
 
 Used by the reversal search. An item's scoring prompt is split at the insertion point (the start or
 the end of the question inside the user turn): the part before it is the same for every candidate,
-so it runs once into a KV cache; each candidate runs only its own tokens and the rest of the prompt.
+so it runs once into a KV cache (``caa_lens.prefix``); each candidate runs only its own tokens and the
+rest of the prompt, as input embeddings with explicit positions on a copy of that cache.
 Steering starts after the inserted tokens (CAA steers from the end of the user turn), so the logits
 that predict the inserted tokens are those of the unsteered model: one steered pass gives both the
 behaviour score and the fluency (cross-entropy) of the insertion.
 """
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -19,9 +19,25 @@ from torch import Tensor
 
 from caa_lens.data import ContrastiveDataset, ContrastiveItem
 from caa_lens.evaluation import ScoringPrompt, scoring_prompt
-from caa_lens.prompts import left_pad, pad_token_id
-from caa_lens.steering import Injection, steering
+from caa_lens.prefix import CachedPrefix, encode_for_gradients, run_suffixes
+from caa_lens.prompts import right_pad
+from caa_lens.steering import Injection
 from caa_lens.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = [
+    "InsertionBatch",
+    "InsertionScores",
+    "Placement",
+    "allowed_tokens",
+    "inserted_text",
+    "insertion_batch",
+    "insertion_index",
+    "score_onehots",
+    "score_tokens",
+]
 
 Placement = Literal["prefix", "suffix"]
 
@@ -69,35 +85,28 @@ class InsertionBatch:
     """Items split at their insertion points, with the shared parts already in a KV cache."""
 
     prompts: tuple[ScoringPrompt, ...]
-    cache: object  # transformers.DynamicCache of the parts before the insertion, left-padded
-    prefix_mask: Int[Tensor, "item prefix"]
+    prefix: CachedPrefix  # the parts before the insertion, left-padded
     prefix_lengths: tuple[int, ...]
     first_logprobs: Float[Tensor, "item vocab"]  # predicts the first inserted token
     tails: tuple[tuple[int, ...], ...]  # tokens after the insertion
     steer_offsets: tuple[int, ...]  # steer_start relative to the start of the tail
 
 
-def insertion_batch(model, dataset: ContrastiveDataset, placement: Placement = "suffix") -> InsertionBatch:
+def insertion_batch(
+    model: "TransformerBridge", dataset: ContrastiveDataset, placement: Placement = "suffix"
+) -> InsertionBatch:
     """Split every item at its insertion point and run the parts before it once (no gradients)."""
-    from caa_lens.kv_cache import new_cache, require_filled
-
     prompts, cuts = [], []
     for index, item in enumerate(dataset):
         prompt = scoring_prompt(model.tokenizer, item, where=f"{dataset.name}: item {index}")
         prompts.append(prompt)
         cuts.append(insertion_index(model.tokenizer, prompt, item.question, placement))
     heads = [p.prompt.token_ids[:c] for p, c in zip(prompts, cuts, strict=True)]
-    ids, mask, _ = left_pad(heads, pad_token_id(model.tokenizer))
-    cache = new_cache()
-    device = model.cfg.device
-    # no_grad, not inference_mode: the cache is later used inside passes that need gradients.
-    with torch.no_grad():
-        logits = model(ids.to(device), attention_mask=mask.to(device), past_key_values=cache)
-    require_filled(cache, ids.shape[1], "insertion search prefix pass")
+    # For gradients: the cache is later used inside passes that need them.
+    prefix, logits = encode_for_gradients(model, heads, where="insertion search prefix pass")
     return InsertionBatch(
         tuple(prompts),
-        cache,
-        mask,
+        prefix,
         tuple(len(h) for h in heads),
         logits[:, -1].float().log_softmax(-1),
         tuple(p.prompt.token_ids[c:] for p, c in zip(prompts, cuts, strict=True)),
@@ -113,27 +122,30 @@ class InsertionScores:
     cross_entropy: Float[Tensor, "candidate item"]
 
 
-def _rows(batch: InsertionBatch, n_candidates: int, n_tokens: int, device) -> dict[str, Tensor]:
+def _embedding_matrix(model: "TransformerBridge") -> Tensor:
+    """The HF model's input embedding matrix: the inserted tokens go in as rows of it (or one-hot mixes)."""
+    original: Any = model.original_model
+    return original.get_input_embeddings().weight
+
+
+def _rows(batch: InsertionBatch, n_candidates: int, n_tokens: int) -> dict[str, Tensor]:
     """Item-major row layout (row = item * n_candidates + candidate) of the tails, masks and positions."""
-    n_items = len(batch.tails)
-    width = n_tokens + max(len(t) for t in batch.tails)
-    pad = 0
-    tail_ids = torch.full((n_items, width - n_tokens), pad, dtype=torch.long)
-    suffix_mask = torch.zeros((n_items, width), dtype=torch.long)
-    for row, tail in enumerate(batch.tails):
-        tail_ids[row, : len(tail)] = torch.tensor(tail)
-        suffix_mask[row, : n_tokens + len(tail)] = 1
+    tail_ids, tail_mask = right_pad(batch.tails, 0)
+    n_items, width = len(batch.tails), n_tokens + tail_ids.shape[1]
+    # The inserted tokens come first in every row: real tokens, then the row's tail.
+    suffix_mask = torch.cat([torch.ones((n_items, n_tokens), dtype=torch.long), tail_mask], dim=1)
     lengths = torch.tensor(batch.prefix_lengths)
     positions = lengths[:, None] + torch.arange(width)[None]
-    columns = batch.prefix_mask.shape[1] + n_tokens + torch.tensor(batch.steer_offsets)
+    columns = batch.prefix.width + n_tokens + torch.tensor(batch.steer_offsets)
     last = n_tokens + torch.tensor([len(t) for t in batch.tails]) - 1
 
     def expand(t: Tensor) -> Tensor:
-        return t.repeat_interleave(n_candidates, dim=0).to(device)
+        return t.repeat_interleave(n_candidates, dim=0)
 
     return {
+        "owners": expand(torch.arange(n_items)),
         "tail_ids": expand(tail_ids),
-        "mask": expand(torch.cat([batch.prefix_mask, suffix_mask], dim=1)),
+        "mask": expand(suffix_mask),
         "positions": expand(positions),
         "start": expand(columns),
         "last": expand(last),
@@ -141,7 +153,7 @@ def _rows(batch: InsertionBatch, n_candidates: int, n_tokens: int, device) -> di
 
 
 def _forward(
-    model,
+    model: "TransformerBridge",
     batch: InsertionBatch,
     inserted: Float[Tensor, "candidate n_tokens d_model"],
     vector: SteeringVector,
@@ -156,18 +168,24 @@ def _forward(
     n_candidates, n_tokens, _ = inserted.shape
     n_items = len(batch.tails)
     device = model.cfg.device
-    embedding = model.original_model.get_input_embeddings().weight
-    rows = _rows(batch, n_candidates, n_tokens, device)
-    embeds = torch.cat([inserted.repeat(n_items, 1, 1), embedding[rows["tail_ids"]].detach()], dim=1)
-    cache = copy.deepcopy(batch.cache)
-    cache.batch_repeat_interleave(n_candidates)  # type: ignore[attr-defined]
+    embedding = _embedding_matrix(model)
+    rows = _rows(batch, n_candidates, n_tokens)
+    tails = embedding[rows["tail_ids"].to(device)].detach()
+    embeds = torch.cat([inserted.repeat(n_items, 1, 1), tails], dim=1)
     injection = Injection(vector, layer, float(multiplier), "from_start")
-    with steering(model, injection, start=rows["start"]):
-        # inputs_embeds get no positions derived from the mask: pass each row's own positions.
-        logits = model(
-            embeds, attention_mask=rows["mask"], past_key_values=cache, position_ids=rows["positions"]
-        )
-    final = logits[torch.arange(logits.shape[0], device=device), rows["last"]].float().log_softmax(-1)
+    # inputs_embeds get no positions derived from the mask: pass each row's own positions.
+    logits = run_suffixes(
+        model,
+        batch.prefix,
+        rows["owners"],
+        embeds,
+        rows["mask"],
+        injection,
+        start=rows["start"].to(device),
+        position_ids=rows["positions"].to(device),
+    )
+    last = rows["last"].to(device)
+    final = logits[torch.arange(logits.shape[0], device=device), last].float().log_softmax(-1)
     labels = torch.tensor([p.label_token_ids for p in batch.prompts], device=device)
     matching = torch.tensor([p.matching for p in batch.prompts], device=device)
     label_lp = final.gather(1, labels.repeat_interleave(n_candidates, 0))
@@ -180,7 +198,7 @@ def _scores(p_matching: Tensor, cross_entropy: Tensor, n_items: int) -> Insertio
 
 
 def score_onehots(
-    model,
+    model: "TransformerBridge",
     batch: InsertionBatch,
     onehots: Float[Tensor, "candidate n_tokens vocab"],
     vector: SteeringVector,
@@ -195,7 +213,7 @@ def score_onehots(
     """
     n_items = len(batch.tails)
     device = model.cfg.device
-    embedding = model.original_model.get_input_embeddings().weight
+    embedding = _embedding_matrix(model)
     onehots = onehots.to(device, embedding.dtype)
     p_matching, logprobs = _forward(model, batch, onehots @ embedding, vector, layer, multiplier)
     expanded = onehots.repeat(n_items, 1, 1).float()
@@ -205,7 +223,7 @@ def score_onehots(
 
 
 def score_tokens(
-    model,
+    model: "TransformerBridge",
     batch: InsertionBatch,
     candidates: Int[Tensor, "candidate n_tokens"],
     vector: SteeringVector,
@@ -216,7 +234,7 @@ def score_tokens(
     """Score token-id candidates without gradients, in chunks of about ``max_rows`` rows."""
     n_items = len(batch.tails)
     device = model.cfg.device
-    embedding = model.original_model.get_input_embeddings().weight
+    embedding = _embedding_matrix(model)
     step = max(1, max_rows // n_items)
     parts = []
     with torch.no_grad():

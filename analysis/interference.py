@@ -15,6 +15,7 @@ import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -25,6 +26,9 @@ from analysis._scoring import Condition, condition_scores, prefix_batches
 from caa_lens.data import ContrastiveDataset
 from caa_lens.stats import Effect, NullBand, paired_effect, random_like
 from caa_lens.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["Interference", "default_combinations", "interference_matrix"]
 
@@ -175,7 +179,7 @@ def _interval(per_item: Tensor, n_resamples: int, seed: int) -> tuple[float, flo
 
 
 def interference_matrix(
-    model,
+    model: "TransformerBridge",
     vectors: Mapping[str, SteeringVector],
     datasets: Mapping[str, ContrastiveDataset],
     layer: int | Mapping[str, int],

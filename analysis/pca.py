@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from analysis.letters import first_letter_flags, letter_codes, within_letter_centred
 from caa_lens.data import shuffled_indices
 from caa_lens.extraction import PairActivations
 
@@ -40,6 +41,11 @@ __all__ = [
 
 Probe = Literal["logistic", "mean_difference"]
 Centring = Literal["pooled", "within_letter"]
+# A probe's data: features and integer labels of the training and of the held-out examples.
+_TrainX = Float[Tensor, "train d"]
+_TrainY = Int[Tensor, " train"]
+_TestX = Float[Tensor, "test d"]
+_TestY = Int[Tensor, " test"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -100,10 +106,7 @@ def pca_projections(
     if centring not in ("pooled", "within_letter"):
         raise ValueError(f"unknown centring {centring!r}: expected 'pooled' or 'within_letter'")
     if centring == "within_letter":
-        codes = sorted(set(letters))
-        group = torch.tensor([codes.index(letter) for letter in letters])
-        means = torch.stack([x[group == g].double().mean(0) for g in range(len(codes))])
-        x = (x.double() - means[group]).float()
+        x = within_letter_centred(x, letters)
     coordinates, explained = [], []
     for index in range(len(layers)):
         layer_x = x[:, index]
@@ -134,11 +137,11 @@ def cell_weights(labels: Int[Tensor, " n"], groups: Int[Tensor, " n"] | None) ->
 
 
 def logistic_probe_accuracy(
-    train_x: Float[Tensor, "train d"],
-    train_y: Int[Tensor, " train"],
-    test_x: Float[Tensor, "test d"],
-    test_y: Int[Tensor, " test"],
-    groups: Int[Tensor, " train"] | None = None,
+    train_x: _TrainX,
+    train_y: _TrainY,
+    test_x: _TestX,
+    test_y: _TestY,
+    groups: _TrainY | None = None,
     l2: float = 1e-2,
     steps: int = 100,
 ) -> float:
@@ -172,11 +175,7 @@ def logistic_probe_accuracy(
 
 
 def mean_difference_probe_accuracy(
-    train_x: Float[Tensor, "train d"],
-    train_y: Int[Tensor, " train"],
-    test_x: Float[Tensor, "test d"],
-    test_y: Int[Tensor, " test"],
-    groups: Int[Tensor, " train"] | None = None,
+    train_x: _TrainX, train_y: _TrainY, test_x: _TestX, test_y: _TestY, groups: _TrainY | None = None
 ) -> float:
     """Held-out accuracy of the nearest-class-mean classifier.
 
@@ -206,9 +205,7 @@ def pair_accuracy(examples: PairActivations, layer_index: int, train: Tensor, te
     which cancels the letter from the direction.
     """
     diffs = (examples.positive[:, layer_index] - examples.negative[:, layer_index]).double()
-    letters = torch.tensor(
-        [label == examples.positive_labels[0] for label in examples.positive_labels]
-    ).long()
+    letters = first_letter_flags(examples.positive_labels).long()
     weights = cell_weights(letters[train], None)
     direction = (weights[:, None] * diffs[train]).sum(0)
     return float((diffs[test] @ direction > 0).double().mean())
@@ -248,8 +245,7 @@ def separability(
     test_rows = torch.cat([test_pairs, test_pairs + n_pairs])
     train_pairs = torch.tensor(sorted(set(range(n_pairs)) - set(test_pairs.tolist())))
     train_rows = torch.cat([train_pairs, train_pairs + n_pairs])
-    codes = {letter: k for k, letter in enumerate(sorted(set(letters)))}
-    letter_y = torch.tensor([codes[letter] for letter in letters])
+    letter_y = letter_codes(letters)
     if probe not in ("logistic", "mean_difference"):
         raise ValueError(f"unknown probe {probe!r}: expected 'logistic' or 'mean_difference'")
     fit = logistic_probe_accuracy if probe == "logistic" else mean_difference_probe_accuracy

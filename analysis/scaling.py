@@ -8,38 +8,31 @@ count, inflating small-n vectors).
 Stability is read against noise. ``sample_size_scaling`` compares each size-n vector with a
 reference vector from *other* pairs (the cosine to the all-pairs vector rises with n even for pure
 noise, because that vector contains the subset), over several permutations, beside a sign-shuffled
-null: the same statistic for a vector with no consistent direction. ``steering_effect_by_size``
-reports paired effects against unsteered on held-out items, beside random vectors of the same norm.
+null: the same statistic for a vector with no consistent direction. The steering effect of the size-n
+vectors is ``analysis.size_effect``'s.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 from jaxtyping import Bool, Float, Shaped
 from torch import Tensor
 
-from analysis._scoring import layer_scores, prefix_batches
+from analysis.letters import first_letter_flags, letter_mean, letter_mean_weights, without_letter
 from caa_lens.data import FIBONACCI_SIZES, ContrastiveDataset, nested_subsets, shuffled_indices
 from caa_lens.extraction import ContrastiveActivations
-from caa_lens.methods import contrastive_vector
-from caa_lens.stats import Effect, null_band, paired_effect, random_like
-from caa_lens.vectors import SteeringVector
 
 __all__ = [
     "SampleSizeScaling",
-    "SizeEffect",
     "bootstrap_interval",
     "heldout_split",
-    "letter_mean",
     "pair_differences",
     "sample_size_scaling",
     "split_half_cosine",
-    "steering_effect_by_size",
     "subset_indices",
     "subset_mean_differences",
-    "subset_vectors",
 ]
 
 
@@ -102,25 +95,6 @@ def _cosine_rows(a: Float[Tensor, "b layer d"], b: Float[Tensor, "layer d"]) -> 
     return torch.nn.functional.cosine_similarity(a.double(), b.double()[None], dim=-1).float()
 
 
-def letter_mean(
-    differences: Float[Tensor, "pair layer d_model"], first: Bool[Tensor, " pair"] | None = None
-) -> Float[Tensor, "layer d_model"]:
-    """Mean difference; with ``first`` (pairs whose matching letter is the first one), the mean of the
-    two letters' means, so the letter cancels (``analysis.letters``). A one-letter set falls back to
-    the plain mean."""
-    if first is None or bool(first.all()) or not bool(first.any()):
-        return differences.double().mean(0).float()
-    return ((differences[first].double().mean(0) + differences[~first].double().mean(0)) / 2).float()
-
-
-def _mean_weights(n: int, first: Bool[Tensor, " pair"] | None) -> Float[Tensor, " pair"]:
-    """Weights w with sum_i w_i d_i == ``letter_mean(d, first)`` (the plain mean without ``first``)."""
-    if first is None or bool(first.all()) or not bool(first.any()):
-        return torch.full((n,), 1.0 / n, dtype=torch.float64)
-    count_first = first.sum().double()
-    return torch.where(first, 0.5 / count_first, 0.5 / (n - count_first)).double()
-
-
 def split_half_cosine(
     differences: Float[Tensor, "pair layer d_model"],
     n_splits: int = 20,
@@ -153,7 +127,7 @@ def split_half_cosine(
             halves[1] += order[half : 2 * half]
         for side, rows in enumerate(halves):
             chosen = torch.tensor(rows)
-            weights[2 * split + side, chosen] = _mean_weights(
+            weights[2 * split + side, chosen] = letter_mean_weights(
                 len(rows), None if first is None else first[chosen]
             )
     means = (weights @ differences.double().reshape(n, -1)).reshape(2 * n_splits, *differences.shape[1:])
@@ -209,11 +183,10 @@ def _sign_shuffled_means(
     balanced vector is unchanged by this (it is the plain mean of the corrected differences).
     """
     n = differences.shape[0]
-    weights = _mean_weights(n, first)
+    weights = letter_mean_weights(n, first)
     flat = differences.double().reshape(n, -1)
     if first is not None and bool(first.any()) and not bool(first.all()):
-        letter = (flat[first].mean(0) - flat[~first].mean(0)) / 2
-        flat = flat - torch.where(first, 1.0, -1.0).double()[:, None] * letter
+        flat = without_letter(flat, first)
     signs = torch.randint(2, (n_draws, n), generator=generator).double() * 2 - 1
     return ((signs * weights) @ flat).reshape(n_draws, *differences.shape[1:]).float()
 
@@ -279,8 +252,8 @@ def sample_size_scaling(
         n_null: sign-shuffled draws per seed and size.
         n_splits: random half/half splits of the n pairs averaged for split-half stability.
         balance_letters: every vector (subset, reference, null draw, half) is the mean of its two
-            matching letters' means (``letter_mean``), so the curves measure the behaviour part
-            rather than the letter imbalance of each subset.
+            matching letters' means (``analysis.letters.letter_mean``), so the curves measure the
+            behaviour part rather than the letter imbalance of each subset.
 
     >>> import torch
     >>> from caa_lens.data import make_item, ContrastiveDataset
@@ -307,7 +280,7 @@ def sample_size_scaling(
         raise ValueError(f"sizes must be positive pair counts, got {sizes}")
     reference_size = _reference_size(n_total, sizes, reference_pairs)
     labels = activations.examples.positive_labels if activations.examples is not None else ()
-    is_first = torch.tensor([label == min(labels) for label in labels])
+    is_first = first_letter_flags(labels)
     flags = is_first if balance_letters else None
     n_layers = differences.shape[1]
     # [seed, size, layer] for the curve and its companions; [seed, size, draw, layer] for the null.
@@ -371,144 +344,4 @@ def sample_size_scaling(
         reference_size,
         n_null,
         balance_letters,
-    )
-
-
-def subset_vectors(
-    model,
-    activations: ContrastiveActivations,
-    dataset: ContrastiveDataset,
-    sizes: Sequence[int],
-    seed: int = 0,
-    balance_letters: bool = False,
-) -> dict[int, SteeringVector]:
-    """Mean-difference steering vectors of the nested subsets, each recording its own pair count.
-
-    ``balance_letters`` makes each the mean of its two matching letters' means (``letter_mean``).
-    """
-    # The full set's vector, built the same way as the subsets', lends them its provenance.
-    base = contrastive_vector(model, activations, "letter_balanced" if balance_letters else "mean_difference")
-    indices = subset_indices(dataset, sizes, seed)
-    differences = pair_differences(activations)
-    if balance_letters:
-        assert activations.examples is not None
-        labels = activations.examples.positive_labels
-        is_first = torch.tensor([label == min(labels) for label in labels])
-        means = torch.stack([letter_mean(differences[list(c)], is_first[list(c)]) for c in indices.values()])
-    else:
-        means = subset_mean_differences(differences, indices)
-    suffix = "; letter-balanced" if balance_letters else ""
-    return {
-        n: replace(
-            base,
-            directions=means[k],
-            provenance=replace(
-                base.provenance,
-                n_pairs=n,
-                dataset=f"{base.provenance.dataset}:n{n}",
-                method=base.provenance.method + suffix,
-                label_counts={},  # the full set's counts and letter shares do not describe a subset
-                letter_share={},
-            ),
-        )
-        for k, n in enumerate(indices)
-    }
-
-
-@dataclass(frozen=True, eq=False)
-class SizeEffect:
-    """Steering effect of the size-n vectors at one layer, paired against unsteered, with a random null.
-
-    ``table`` columns, one row per n (all p = p(matching) on the same held-out items):
-
-    - ``plus``, ``minus``: mean p at +m and -m; ``effect``: ``plus - minus`` (the swing), with
-      ``effect_low``, ``effect_high`` its paired bootstrap interval over items.
-    - ``plus_effect`` (``plus_low``, ``plus_high``): mean of per-item p(+m) - p(unsteered) and its
-      interval (``caa_lens.stats.paired_effect``); ``minus_effect`` (``minus_low``, ``minus_high``)
-      the same at -m; ``n_items``.
-    - ``norm``: ||v_n|| at the layer (small-n vectors are longer: their noise adds norm).
-    - ``null_plus_low/high``, ``null_minus_low/high``, ``null_effect_low/high``: the range of the same
-      effects for ``n_random`` random directions with the size-n vector's norm (``random_like``);
-      ``plus_vs_null``, ``minus_vs_null``: where each interval lies relative to its band.
-    """
-
-    layer: int
-    multiplier: float
-    baseline: float
-    table: pd.DataFrame
-    n_random: int = 0
-    level: float = 0.95
-
-
-def _effect_columns(prefix: str, effect: Effect) -> dict[str, float]:
-    return {f"{prefix}_effect": effect.mean, f"{prefix}_low": effect.low, f"{prefix}_high": effect.high}
-
-
-def steering_effect_by_size(
-    model,
-    vectors: dict[int, SteeringVector],
-    eval_dataset: ContrastiveDataset,
-    layer: int,
-    multiplier: float,
-    n_random: int = 3,
-    seed: int = 0,
-    n_resamples: int = 2000,
-    level: float = 0.95,
-) -> SizeEffect:
-    """Paired steering effects of each size's vector at +m and -m on held-out items, with a random null.
-
-    Every item is scored unsteered, at +m and at -m with each size's vector, and at +-m with
-    ``n_random`` random directions of that vector's norm (``caa_lens.stats.random_like``; seeds
-    ``seed .. seed + n_random - 1``, the same directions at every n, so the null changes with n only
-    through the norm). ``eval_dataset`` must not share items with the pairs the vectors came from.
-    The columns are described in ``SizeEffect``.
-    """
-    if n_random < 1:
-        raise ValueError(
-            f"n_random must be at least 1 (random same-norm vectors for the null), got {n_random}"
-        )
-    sizes = sorted(vectors)
-    batches = prefix_batches(model, eval_dataset)
-    chosen = [vectors[n] for n in sizes]
-    scores = layer_scores(model, batches, chosen, layer, [multiplier, -multiplier, 0.0])  # [item, n, 3]
-    controls = [random_like(vectors[n], seed + k) for n in sizes for k in range(n_random)]
-    random_scores = layer_scores(model, batches, controls, layer, [multiplier, -multiplier])
-    random_scores = random_scores.reshape(scores.shape[0], len(sizes), n_random, 2)
-    baseline = scores[:, 0, 2]  # unsteered: the same for every vector
-
-    def paired(steered: Tensor, unsteered: Tensor) -> Effect:
-        return paired_effect(steered, unsteered, n_resamples=n_resamples, confidence=level, seed=seed)
-
-    records = []
-    for k, n in enumerate(sizes):
-        plus, minus = scores[:, k, 0], scores[:, k, 1]
-        up, down, swing = paired(plus, baseline), paired(minus, baseline), paired(plus, minus)
-        nulls = random_scores[:, k]  # [item, random, sign]
-        null_up = null_band((nulls[..., 0] - baseline[:, None]).mean(0).tolist(), coverage=1.0)
-        null_down = null_band((nulls[..., 1] - baseline[:, None]).mean(0).tolist(), coverage=1.0)
-        null_swing = null_band((nulls[..., 0] - nulls[..., 1]).mean(0).tolist(), coverage=1.0)
-        records.append(
-            {
-                "n": n,
-                "norm": float(vectors[n].at(layer).double().norm()),
-                "plus": float(plus.mean()),
-                "minus": float(minus.mean()),
-                "effect": swing.mean,
-                "effect_low": swing.low,
-                "effect_high": swing.high,
-                **_effect_columns("plus", up),
-                **_effect_columns("minus", down),
-                "n_items": up.n,
-                "null_plus_low": null_up.low,
-                "null_plus_high": null_up.high,
-                "null_minus_low": null_down.low,
-                "null_minus_high": null_down.high,
-                "null_effect_low": null_swing.low,
-                "null_effect_high": null_swing.high,
-                "plus_vs_null": up.against(null_up),
-                "minus_vs_null": down.against(null_down),
-            }
-        )
-    return SizeEffect(
-        layer, float(multiplier), float(baseline.mean()), pd.DataFrame(records), n_random, level
     )

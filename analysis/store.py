@@ -20,23 +20,38 @@ from torch import Tensor
 
 from analysis.behaviour_study import BehaviourStudy
 from analysis.interference import Interference
-from analysis.norms import NormProfile, RatioTradeoff
+from analysis.norms import NormProfile
 from analysis.pca import PcaProjections, Separability
+from analysis.ratio_tradeoff import RatioTradeoff
 from analysis.reversal import ReversalConfig, ReversalResult
-from analysis.scaling import SampleSizeScaling, SizeEffect
-from analysis.similarity import BehaviourSimilarity, LayerSimilarity, LayerTransfer, MethodSimilarity
+from analysis.scaling import SampleSizeScaling
+from analysis.similarity import BehaviourSimilarity, LayerSimilarity, MethodSimilarity
+from analysis.size_effect import SizeEffect
+from analysis.transfer import LayerTransfer
 from caa_lens.files import atomic_write_bytes, safetensors_bytes
 from caa_lens.outputs import check_output_file
 from caa_lens.views import TokenProjection
 
+__all__ = ["FORMAT", "ResultFileError", "is_result_file", "load_result", "save_result"]
+
 FORMAT = "caa_lens.analysis-result/1"
 
 
+# The names files store for result types that have since moved to another module: a type keeps the name
+# it was first saved under, so results saved before the move still load and results saved after it are
+# byte-identical to them.
+_STORED_NAMES: dict[type, str] = {
+    LayerTransfer: "analysis.similarity.LayerTransfer",
+    RatioTradeoff: "analysis.norms.RatioTradeoff",
+    SizeEffect: "analysis.scaling.SizeEffect",
+}
+
+
 def _type_name(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return _STORED_NAMES.get(cls, f"{cls.__module__}.{cls.__qualname__}")
 
 
-# The result types the main job saves (analysis.pipeline) and the dataclasses nested inside them
+# The result types the main job saves (analysis.jobs.main) and the dataclasses nested inside them
 # (ReversalResult.config), under the names the files store. A whitelist, not an import of whatever
 # module a file names: a crafted results JSON naming any other callable must not run it on load.
 RESULT_TYPES: dict[str, type] = {

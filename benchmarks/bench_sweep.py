@@ -22,7 +22,8 @@ from common import Contender, log
 
 
 def caa_lens_sweep(model, test, vector, layers, multipliers, batch_size: int, directory: Path) -> dict:
-    from caa_lens.sweep import load_results, run_sweep
+    from caa_lens.sweep import run_sweep
+    from caa_lens.sweep_io import load_results
 
     path = directory / "sweep.jsonl"
     path.unlink(missing_ok=True)  # a fresh sweep each round, never a resumed one

@@ -22,15 +22,34 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from caa_lens.data import ContrastiveDataset
-from caa_lens.evaluation import behaviour_probabilities, check_injection_multipliers
+from caa_lens.evaluation import behaviour_probabilities
+from caa_lens.multipliers import check_injection_multipliers
 from caa_lens.prompts import PromptStyle, pad_token_id, right_pad
 from caa_lens.steering import Injection, steering
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = [
+    "CapabilityScore",
+    "PerplexityResult",
+    "TextWindows",
+    "ab_capability",
+    "capability_summary",
+    "correct_letter_shares",
+    "majority_baseline",
+    "perplexity",
+    "read_text",
+    "sliding_windows",
+    "text_windows",
+]
 
 
 @dataclass(frozen=True)
@@ -80,7 +99,7 @@ def majority_baseline(labels: Sequence[str]) -> tuple[str, float]:
 
 
 def ab_capability(
-    model,
+    model: "TransformerBridge",
     dataset: ContrastiveDataset,
     injections: Injection | Sequence[Injection] = (),
     batch_size: int = 16,
@@ -192,7 +211,7 @@ class TextWindows:
 
 
 def text_windows(
-    model,
+    model: "TransformerBridge",
     text: str | Sequence[int],
     context: int | None = None,
     stride: int | None = None,
@@ -228,7 +247,7 @@ def text_windows(
 
 
 def perplexity(
-    model,
+    model: "TransformerBridge",
     text: str | Sequence[int],
     injections: Injection | Sequence[Injection] = (),
     context: int | None = None,

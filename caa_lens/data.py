@@ -16,13 +16,37 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
+__all__ = [
+    "BUNDLED_BEHAVIOURS",
+    "FIBONACCI_SIZES",
+    "INLINE_LETTER",
+    "OFFERED_LETTER",
+    "ContrastiveDataset",
+    "ContrastiveItem",
+    "DatasetError",
+    "ItemKind",
+    "PromptPair",
+    "answer_label",
+    "bundled_path",
+    "bundled_prompt_pairs",
+    "load_behaviour_dataset",
+    "load_bundled",
+    "load_prompt_pairs",
+    "make_item",
+    "nested_subsets",
+    "neutral_text",
+    "resolve_dataset",
+    "shuffled_indices",
+    "train_test_split",
+]
+
 ItemKind = Literal["ab", "yes_no"]
 FIBONACCI_SIZES: tuple[int, ...] = (1, 2, 3, 5, 8, 13, 21, 34, 55, 89)
 BUNDLED_BEHAVIOURS: tuple[str, ...] = ("optimism", "formality", "sycophancy", "refusal")
 _LETTER_ANSWER = re.compile(r"^\(([A-Z])\)$")
-_OFFERED_LETTER = re.compile(r"^[ \t]*\(([A-Z])\)", re.MULTILINE)
+OFFERED_LETTER = re.compile(r"^[ \t]*\(([A-Z])\)", re.MULTILINE)
 # "Do you prefer (A) tea or (B) coffee?": options on one line; not "f(X)", where a word precedes.
-_INLINE_LETTER = re.compile(r"(?<!\w)\(([A-Z])\)")
+INLINE_LETTER = re.compile(r"(?<!\w)\(([A-Z])\)")
 # Files that list the choices outside the question (no lettered option in it) may answer with these.
 _DEFAULT_OPTIONS: tuple[str, ...] = ("(A)", "(B)")
 _KIND_NAMES: dict[str, str] = {"ab": "A/B", "yes_no": "Yes/No"}
@@ -174,7 +198,7 @@ def _offered_options(question: str) -> tuple[str, ...]:
     >>> _offered_options("Do you prefer (A) tea or (B) coffee?")
     ('(A)', '(B)')
     """
-    letters = _OFFERED_LETTER.findall(question) or _INLINE_LETTER.findall(question)
+    letters = OFFERED_LETTER.findall(question) or INLINE_LETTER.findall(question)
     return tuple(dict.fromkeys(f"({letter})" for letter in letters))
 
 

@@ -10,18 +10,16 @@ scoring prompt, never by tokenising the letter alone (``"A"`` and the ``A`` afte
 Sweeps use ``encode_prefixes`` + ``suffix_scores``: the tokens before the steering start are
 unsteered in every cell, so they run once per question into a KV cache, and each layer runs only the
 few suffix tokens, with every (vector, multiplier) cell as a batch row on a copy of that cache. The
-cache engine underneath (``encode_token_prefixes``, ``suffix_logits``) takes several suffixes per
-prefix; ``caa_lens.likelihood`` scores the answer texts with it.
+cache itself is ``caa_lens.prefix``'s (``encode_token_prefixes``, ``suffix_logits``), shared with
+``caa_lens.likelihood`` and every other prefix-reusing path.
 """
 
-import copy
 import hashlib
 import json
-import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import torch
@@ -30,95 +28,36 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from caa_lens.data import ContrastiveDataset, ContrastiveItem
+from caa_lens.multipliers import scoring_injections
+from caa_lens.prefix import PrefixBatch, encode_token_prefixes, suffix_logits
 from caa_lens.prompts import FormattedPrompt, PromptStyle, check_fits, format_prompt, left_pad, pad_token_id
 from caa_lens.steering import MODES, Injection, steer_start_columns, steering
 from caa_lens.vectors import SteeringVector
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = [
+    "BehaviourScores",
+    "ItemScore",
+    "ItemScores",
+    "ScoringPrompt",
+    "SplitRule",
+    "behaviour_probabilities",
+    "check_scores_finite",
+    "encode_prefixes",
+    "grid_injections",
+    "item_hash",
+    "label_scores",
+    "row_scores",
+    "scoring_prompt",
+    "scoring_prompts",
+    "split_position",
+    "steered_prompts",
+    "suffix_scores",
+]
+
 SplitRule = Literal["from_start", "last"]
-FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-
-
-def _largest_norm(
-    vectors: SteeringVector | Mapping[str, SteeringVector] | Sequence[SteeringVector] | None,
-) -> tuple[float, str]:
-    """The largest norm of any direction (any layer, any ActAdd position) and where it is."""
-    if vectors is None:
-        return 0.0, ""
-    if isinstance(vectors, SteeringVector):
-        named: dict[str, SteeringVector] = {"the vector": vectors}
-    elif isinstance(vectors, Mapping):
-        named = {f"vector {name!r}": v for name, v in vectors.items()}
-    else:
-        named = {f"vector {i}": v for i, v in enumerate(vectors)}
-    best, where = 0.0, ""
-    for name, vector in named.items():
-        norms = vector.directions.double().norm(dim=-1).reshape(len(vector.layers), -1).amax(dim=1)
-        at = int(norms.argmax())
-        if float(norms[at]) > best:
-            best, where = float(norms[at]), f"{name} at layer {vector.layers[at]}"
-    return best, where
-
-
-def check_multipliers(
-    values: Iterable[float | int],
-    vectors: SteeringVector | Mapping[str, SteeringVector] | Sequence[SteeringVector] | None = None,
-    distinct: bool = True,
-) -> tuple[float, ...]:
-    """Steering multipliers that cannot overflow: non-empty, finite, distinct, ``|m| * norm`` in float32.
-
-    A multiplier such as ``1e38`` is a finite float, but ``m * v`` overflows float32 in the residual
-    stream, and every score it yields is NaN: a table of NaN rows, not an error. Checking here, before a
-    model runs or a file is written, turns that into a message. (A product that fits can still
-    overflow inside the model, e.g. in a norm's sum of squares; scorers check their outputs too.)
-
-    Args:
-        values: the multipliers.
-        vectors: the vectors they scale (one, several by name, or a list); ``None`` checks the values
-            alone (finite and within float32).
-        distinct: refuse repeated values (a sweep's multipliers are a set; per-row multipliers of a
-            batch may repeat).
-
-    Returns:
-        The multipliers as floats, in the order given.
-
-    >>> check_multipliers([-2, 0, 2.5])
-    (-2.0, 0.0, 2.5)
-    """
-    try:
-        floats = tuple(float(m) for m in values)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"multipliers must be numbers, got {values!r}") from err
-    if not floats:
-        raise ValueError("no multipliers given; give at least one (0 is the unsteered baseline)")
-    bad = [m for m in floats if not math.isfinite(m)]
-    if bad:
-        raise ValueError(f"multipliers must be finite numbers, got {bad}")
-    if distinct and len(set(floats)) != len(floats):
-        repeated = sorted({m for m in floats if floats.count(m) > 1})
-        raise ValueError(f"multipliers must be distinct; {repeated} appear more than once in {list(floats)}")
-    huge = [m for m in floats if abs(m) > FLOAT32_MAX]
-    if huge:
-        raise ValueError(
-            f"multiplier(s) {huge} exceed the largest float32 ({FLOAT32_MAX:.4g}); steering computes in "
-            f"float32 or less, so they would become infinite. Use a smaller multiplier"
-        )
-    norm, where = _largest_norm(vectors)
-    over = [m for m in floats if abs(m) * norm > FLOAT32_MAX]
-    if over:
-        raise ValueError(
-            f"multiplier(s) {over} times the norm {norm:.4g} of {where} exceed the largest float32 "
-            f"({FLOAT32_MAX:.4g}): the steered activations would be infinite and every score NaN. "
-            f"Use |multiplier| < {FLOAT32_MAX / norm:.4g}"
-        )
-    return floats
-
-
-def check_injection_multipliers(injections: Sequence[Injection]) -> None:
-    """``check_multipliers`` on each injection's multiplier(s) against its own vector (repeats allowed)."""
-    for injection in injections:
-        multiplier = injection.multiplier
-        values = multiplier.tolist() if isinstance(multiplier, Tensor) else [multiplier]
-        check_multipliers(values, injection.vector, distinct=False)
 
 
 @dataclass(frozen=True)
@@ -141,23 +80,35 @@ class ItemScore:
 
 
 @dataclass(frozen=True)
-class BehaviourScores:
-    """Per-item behaviour probabilities of one dataset under one steering setting."""
+class ItemScores:
+    """Per-item scores of one dataset under one steering setting: what every metric's result shares
+    (each item score has at least ``p_matching``; the metrics add their own columns)."""
 
     dataset: str
     dataset_hash: str
-    items: tuple[ItemScore, ...]
+    items: tuple
+
+    def mean(self, column: str) -> float:
+        """The mean over items of one column of the item scores."""
+        return sum(getattr(s, column) for s in self.items) / len(self.items)
 
     @property
     def mean_p_matching(self) -> float:
-        return sum(s.p_matching for s in self.items) / len(self.items)
-
-    @property
-    def mean_p_letters_sum(self) -> float:
-        return sum(s.p_letters_sum for s in self.items) / len(self.items)
+        return self.mean("p_matching")
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([vars(s) for s in self.items])
+
+
+@dataclass(frozen=True)
+class BehaviourScores(ItemScores):
+    """Per-item behaviour probabilities of one dataset under one steering setting."""
+
+    items: tuple[ItemScore, ...]
+
+    @property
+    def mean_p_letters_sum(self) -> float:
+        return self.mean("p_letters_sum")
 
 
 def item_hash(item: ContrastiveItem) -> str:
@@ -172,7 +123,7 @@ def scoring_prompt(
     system: str | None = None,
     style: PromptStyle = "auto",
     where: str = "item",
-    model=None,
+    model: "TransformerBridge | None" = None,
 ) -> ScoringPrompt:
     """The scoring prompt of an item and the token id of each offered answer, found in context.
 
@@ -208,7 +159,7 @@ def scoring_prompts(
     dataset: ContrastiveDataset,
     system: str | None = None,
     style: PromptStyle = "auto",
-    model=None,
+    model: "TransformerBridge | None" = None,
 ) -> list[ScoringPrompt]:
     """Every item's scoring prompt; with ``model``, each is checked to fit its context (errors name
     the dataset file and item)."""
@@ -254,7 +205,10 @@ def label_scores(
 
 @contextmanager
 def steered_prompts(
-    model, injections: Sequence[Injection], prompts: Sequence[FormattedPrompt], offsets: Sequence[int]
+    model: "TransformerBridge",
+    injections: Sequence[Injection],
+    prompts: Sequence[FormattedPrompt],
+    offsets: Sequence[int],
 ) -> Iterator[None]:
     """Steer a left-padded batch, each injection anchored by its mode as ``generation.generate`` does."""
     with ExitStack() as stack:
@@ -266,7 +220,7 @@ def steered_prompts(
 
 
 def behaviour_probabilities(
-    model,
+    model: "TransformerBridge",
     dataset: ContrastiveDataset,
     injections: Injection | Sequence[Injection] = (),
     batch_size: int = 16,
@@ -288,12 +242,7 @@ def behaviour_probabilities(
     >>> 0 < scores.mean_p_matching < 1
     True
     """
-    injections = (injections,) if isinstance(injections, Injection) else tuple(injections)
-    if any(isinstance(i.multiplier, Tensor) for i in injections):
-        raise ValueError("behaviour_probabilities takes float multipliers; use run_sweep for per-row ones")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    check_injection_multipliers(injections)
+    injections = scoring_injections(injections, batch_size, "behaviour_probabilities")
     # Every prompt is checked against the context before the first forward pass.
     prompts = scoring_prompts(model.tokenizer, dataset, system, style, model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt))  # less padding
@@ -321,34 +270,6 @@ def behaviour_probabilities(
     return BehaviourScores(dataset.name, dataset.content_hash, scores)
 
 
-@dataclass(frozen=True, eq=False)
-class PrefixBatch:
-    """Unsteered prefixes in a KV cache, and the suffixes still to run on copies of it.
-
-    ``cache`` is never extended: ``suffix_logits`` works on a copy. Prefixes are left-padded to
-    ``width`` columns, so every suffix (right-padded) starts at column ``width``. A prefix may have
-    several suffixes (the likelihood metric runs each answer text after the same question):
-    suffix row ``r`` continues prefix ``owners[r]``. The letter metric has one suffix per prefix,
-    so there ``owners`` is ``0, 1, ...`` and suffix row ``i`` is item ``i``.
-    """
-
-    prompts: tuple  # one per prefix: ScoringPrompt (letter metric) or LikelihoodPrompt
-    cache: object  # transformers.DynamicCache
-    prefix_mask: Int[Tensor, "item prefix"]
-    suffix_ids: Int[Tensor, "row suffix"]
-    suffix_mask: Int[Tensor, "row suffix"]
-    owners: tuple[int, ...] = ()  # the prefix of each suffix row; () means row i continues prefix i
-
-    @property
-    def width(self) -> int:
-        return int(self.prefix_mask.shape[1])
-
-    @property
-    def suffix_owners(self) -> tuple[int, ...]:
-        """The prefix (item) each suffix row continues."""
-        return self.owners or tuple(range(int(self.suffix_ids.shape[0])))
-
-
 def split_position(prompt: FormattedPrompt, rule: SplitRule) -> int:
     """Where steering starts: ``steer_start`` (CAA) or the last token (Patterns paper)."""
     if rule not in ("from_start", "last"):
@@ -356,63 +277,9 @@ def split_position(prompt: FormattedPrompt, rule: SplitRule) -> int:
     return prompt.steer_start if rule == "from_start" else prompt.last
 
 
-def encode_token_prefixes(
-    model,
-    prefixes: Sequence[Sequence[int]],
-    suffixes: Sequence[Sequence[Sequence[int]]],
-    prompts: Sequence[object] = (),
+def encode_prefixes(
+    model: "TransformerBridge", prompts: Sequence[ScoringPrompt], split: SplitRule = "from_start"
 ) -> PrefixBatch:
-    """Run unsteered token prefixes once into a KV cache; keep each prefix's suffixes to run later.
-
-    The one prefix engine of caa_lens's scorers: ``encode_prefixes`` (letter metric, one suffix per
-    item) and ``caa_lens.likelihood`` (one suffix per answer text) both build their batches here, and
-    ``suffix_logits`` runs any selection of the suffix rows, steered, on copies of the cache.
-
-    Args:
-        prefixes: one token sequence per item, all non-empty (the tokens before steering starts).
-        suffixes: for each prefix, the token sequences that continue it (at least one each).
-        prompts: what the caller keeps beside the batch, one per prefix (``PrefixBatch.prompts``).
-    """
-    from caa_lens.kv_cache import new_cache, require_filled
-
-    if len(suffixes) != len(prefixes) or (prompts and len(prompts) != len(prefixes)):
-        raise ValueError(
-            f"{len(prefixes)} prefixes but {len(suffixes)} suffix lists / {len(prompts)} prompts"
-        )
-    if not prefixes or min(len(p) for p in prefixes) == 0:
-        raise ValueError("an item's steering starts at its first token: there is no prefix to reuse")
-    if any(not group for group in suffixes) or any(not s for group in suffixes for s in group):
-        raise ValueError("every prefix needs at least one non-empty suffix to continue it")
-    pad = pad_token_id(model.tokenizer)
-    ids, prefix_mask, _ = left_pad([list(p) for p in prefixes], pad)
-    flat = [list(s) for group in suffixes for s in group]
-    owners = tuple(item for item, group in enumerate(suffixes) for _ in group)
-    width = max(len(s) for s in flat)
-    # Right-pad suffixes: causal attention keeps later pads from affecting the real positions.
-    suffix_ids = torch.full((len(flat), width), pad, dtype=torch.long)
-    suffix_mask = torch.zeros((len(flat), width), dtype=torch.long)
-    for row, suffix in enumerate(flat):
-        suffix_ids[row, : len(suffix)] = torch.tensor(suffix)
-        suffix_mask[row, : len(suffix)] = 1
-    cache = new_cache()
-    device = model.cfg.device
-    with torch.inference_mode():
-        # Every block must run to fill every layer's keys and values (stop_at_layer=n_layers stops
-        # nowhere; the bridge still returns logits).
-        model(
-            ids.to(device),
-            attention_mask=prefix_mask.to(device),
-            past_key_values=cache,
-            stop_at_layer=int(model.cfg.n_layers),
-        )
-    require_filled(cache, ids.shape[1], "scoring prefix pass")
-    identity = owners == tuple(range(len(prefixes)))
-    return PrefixBatch(
-        tuple(prompts), cache, prefix_mask, suffix_ids, suffix_mask, () if identity else owners
-    )
-
-
-def encode_prefixes(model, prompts: Sequence[ScoringPrompt], split: SplitRule = "from_start") -> PrefixBatch:
     """Run the unsteered prefixes (tokens before the steering start) of a batch of items once."""
     cuts = [split_position(p.prompt, split) for p in prompts]
     if min(cuts) == 0:
@@ -423,27 +290,6 @@ def encode_prefixes(model, prompts: Sequence[ScoringPrompt], split: SplitRule = 
         [[p.prompt.token_ids[c:]] for p, c in zip(prompts, cuts, strict=True)],
         prompts,
     )
-
-
-def suffix_logits(
-    model, batch: PrefixBatch, rows: Sequence[int] | Tensor, injections: Sequence[Injection] = ()
-) -> Float[Tensor, "row suffix vocab"]:
-    """Logits of suffix rows ``rows`` of ``batch`` (repeats allowed), each continuing its prefix's cache.
-
-    Batch row ``k`` runs suffix row ``rows[k]`` on a copy of its prefix's cached keys and values,
-    steered by ``injections`` from column ``batch.width`` (the first suffix token) on: per-row tensor
-    multipliers must have ``len(rows)`` entries. The batch's own cache is left unchanged.
-    """
-    chosen = torch.as_tensor(rows, dtype=torch.long).reshape(-1)
-    owners = torch.tensor(batch.suffix_owners, dtype=torch.long)[chosen]
-    device = model.cfg.device
-    cache = copy.deepcopy(batch.cache)  # suffix passes extend the cache in place
-    cache.batch_select_indices(owners)  # type: ignore[attr-defined]
-    mask = torch.cat([batch.prefix_mask[owners], batch.suffix_mask[chosen]], dim=1)
-    ids = batch.suffix_ids[chosen]
-    context = steering(model, injections, start=batch.width) if injections else nullcontext()
-    with torch.inference_mode(), context:
-        return model(ids.to(device), attention_mask=mask.to(device), past_key_values=cache)
 
 
 def grid_injections(
@@ -464,8 +310,25 @@ def grid_injections(
     return injections
 
 
+def row_scores(
+    model: "TransformerBridge", batch: PrefixBatch, rows: Int[Tensor, " row"], injections: Sequence[Injection]
+) -> Float[Tensor, "row 2"]:
+    """``(p_matching, p_letters_sum)`` of letter-metric suffix rows ``rows`` (repeats allowed), steered
+    by ``injections`` (per-row multipliers: one per entry of ``rows``), read at each suffix's last token.
+
+    The one reading of the letter metric on a prefix batch: ``suffix_scores`` (one vector at a time)
+    and ``analysis``'s condition scores (several injections per row) both go through it.
+    """
+    last = (batch.suffix_mask.sum(dim=1) - 1)[rows]
+    logits = suffix_logits(model, batch, rows, injections)
+    with torch.inference_mode():
+        final = logits[torch.arange(rows.shape[0]), last.to(logits.device)]
+    owners = batch.suffix_owners
+    return label_scores(final, [batch.prompts[owners[int(r)]] for r in rows])
+
+
 def suffix_scores(
-    model,
+    model: "TransformerBridge",
     batch: PrefixBatch,
     vectors: Sequence[SteeringVector],
     layer: int,
@@ -476,11 +339,6 @@ def suffix_scores(
     Rows are ordered item, vector, multiplier (``grid_injections``).
     """
     n_items, n_vectors, n_mults = len(batch.prompts), len(vectors), len(multipliers)
-    repeats = n_vectors * n_mults
-    rows = torch.arange(n_items).repeat_interleave(repeats)
-    last = (batch.suffix_mask.sum(dim=1) - 1)[rows]
-    logits = suffix_logits(model, batch, rows, grid_injections(vectors, layer, multipliers, n_items))
-    with torch.inference_mode():
-        final = logits[torch.arange(rows.shape[0]), last.to(logits.device)]
-    prompts = [p for p in batch.prompts for _ in range(repeats)]
-    return label_scores(final, prompts).reshape(n_items, n_vectors, n_mults, 2)
+    rows = torch.arange(n_items).repeat_interleave(n_vectors * n_mults)
+    scores = row_scores(model, batch, rows, grid_injections(vectors, layer, multipliers, n_items))
+    return scores.reshape(n_items, n_vectors, n_mults, 2)

@@ -58,6 +58,19 @@ from torch import Tensor
 from caa_lens.outputs import check_output_file
 from caa_lens.vectors import SteeringVector
 
+__all__ = [
+    "ARCHITECTURE",
+    "KEY_LAYER_COUNT",
+    "KEY_MODEL_HINT",
+    "KEY_PROVENANCE",
+    "ControlVectorError",
+    "control_vector_metadata",
+    "export_control_vector_gguf",
+    "is_control_vector_file",
+    "llama_cpp_layer",
+    "load_control_vector_gguf",
+]
+
 ARCHITECTURE = "controlvector"
 KEY_MODEL_HINT = f"{ARCHITECTURE}.model_hint"
 KEY_LAYER_COUNT = f"{ARCHITECTURE}.layer_count"
@@ -123,7 +136,8 @@ def export_control_vector_gguf(
 
     >>> import tempfile, torch
     >>> from caa_lens.tiny import tiny_model
-    >>> from caa_lens.vectors import SteeringVector, make_provenance
+    >>> from caa_lens.vectors import SteeringVector
+    >>> from caa_lens.provenance import make_provenance
     >>> model = tiny_model()
     >>> p = make_provenance(model, "resid_post", "answer", "demo", "demo", "0", 1, torch.float32)
     >>> v = SteeringVector(torch.ones(2, 64), (1, 2), p)

@@ -13,18 +13,22 @@ import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from caa_lens.data import ContrastiveDataset, ContrastiveItem, PromptPair, answer_label
+from caa_lens.data import ContrastiveDataset, ContrastiveItem, answer_label
 from caa_lens.hooks import check_layers, check_site, hook_name, stop_layer_for
-from caa_lens.models import model_identity
-from caa_lens.prompts import FormattedPrompt, PromptStyle, check_fits, format_prompt, left_pad, pad_token_id
+from caa_lens.identity import model_identity
+from caa_lens.prefix import encode, run_suffixes
+from caa_lens.prompts import FormattedPrompt, PromptStyle, check_fits, format_prompt, pad_token_id, right_pad
 from caa_lens.resume import CheckpointMismatchError, ExtractionState, load_state, run_key, save_state
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
     "ContrastiveActivations",
@@ -32,9 +36,7 @@ __all__ = [
     "PositionRule",
     "check_batch_size",
     "extract_contrastive",
-    "extract_prompt_pair",
     "pair_prompts",
-    "prompt_pair_tokens",
     "read_position",
     "rule_name",
 ]
@@ -81,7 +83,7 @@ class ContrastiveActivations:
     # Per matching answer label (``labels``, sorted; ``label_counts`` pairs each): the float64 sums of
     # the positive (``[:, 0]``) and negative (``[:, 1]``) activations of the pairs whose matching answer
     # has that label. The letter-balanced mean and the letter axis are built from them
-    # (``caa_lens.methods.label_means``). None for activations assembled by hand or by older code.
+    # (``caa_lens.letter_balance.label_means``). None for activations assembled by hand or by older code.
     label_sums: Float[Tensor, "label 2 layer d_model"] | None = None
     labels: tuple[str, ...] = ()
     label_counts: tuple[int, ...] = ()
@@ -190,12 +192,10 @@ def _unshared(plan: _PlannedPair) -> _PlannedPair:
 
 
 def _run_batch(
-    model, batch: list[_PlannedPair], names: list[str], stop: int, pad: int
+    model: "TransformerBridge", batch: list[_PlannedPair], names: list[str], stop: int, pad: int
 ) -> Float[Tensor, "row layer d"]:
     """Activations at the read positions for 2*len(batch) rows (positive, negative interleaved)."""
     from transformer_lens.model_bridge.exceptions import StopAtLayerException
-
-    from caa_lens.kv_cache import new_cache, require_filled
 
     captured: dict[str, Tensor] = {}
 
@@ -217,30 +217,21 @@ def _run_batch(
         return hook
 
     has_prefix = all(len(p.prefix) > 0 for p in batch)
-    cache = new_cache()
+    if not has_prefix:  # some pair shares nothing (read at position 0): run full sequences
+        batch = [_unshared(p) for p in batch]
+    suffixes = [s for p in batch for s in p.suffixes]
+    ids, suffix_mask = right_pad(suffixes, pad)
+    hooks = [(name, keep(name)) for name in names[:-1]] + [(names[-1], keep_and_stop(names[-1]))]
     if has_prefix:
-        ids, mask, _ = left_pad([p.prefix for p in batch], pad)
         # The prefix pass fills the KV cache of every block up to the last site read, then stops.
         with model.hooks(fwd_hooks=[(names[-1], keep_and_stop(names[-1]))]):
-            model(ids, attention_mask=mask, past_key_values=cache, stop_at_layer=stop)
-        require_filled(cache, ids.shape[1], "extraction prefix pass")
-        cache.batch_repeat_interleave(2)
-        prefix_mask = mask.repeat_interleave(2, dim=0)
-    else:  # some pair shares nothing (read at position 0): run full sequences
-        batch = [_unshared(p) for p in batch]
-        prefix_mask = torch.zeros((2 * len(batch), 0), dtype=torch.long)
-    suffixes = [s for p in batch for s in p.suffixes]
-    width = max(len(s) for s in suffixes)
-    # Right-pad the suffixes: causal attention means later pads cannot affect the read positions.
-    ids = torch.full((len(suffixes), width), pad, dtype=torch.long)
-    suffix_mask = torch.zeros((len(suffixes), width), dtype=torch.long)
-    for row, suffix in enumerate(suffixes):
-        ids[row, : len(suffix)] = torch.tensor(suffix)
-        suffix_mask[row, : len(suffix)] = 1
-    mask = torch.cat([prefix_mask, suffix_mask], dim=1)
-    hooks = [(name, keep(name)) for name in names[:-1]] + [(names[-1], keep_and_stop(names[-1]))]
-    with model.hooks(fwd_hooks=hooks):
-        model(ids, attention_mask=mask, past_key_values=cache if has_prefix else None, stop_at_layer=stop)
+            prefix = encode(model, [p.prefix for p in batch], stop, where="extraction prefix pass")
+        owners = torch.arange(len(batch)).repeat_interleave(2)  # both sides continue their pair's prefix
+        with model.hooks(fwd_hooks=hooks):
+            run_suffixes(model, prefix, owners, ids, suffix_mask, stop_at_layer=stop)
+    else:
+        with model.hooks(fwd_hooks=hooks):
+            model(ids, attention_mask=suffix_mask, stop_at_layer=stop)
     rows = torch.arange(len(suffixes))
     columns = torch.tensor([r for p in batch for r in p.reads])
     return torch.stack([captured[name][rows, columns] for name in names], dim=1)
@@ -284,7 +275,7 @@ def _restored(
 
 
 def extract_contrastive(
-    model,
+    model: "TransformerBridge",
     dataset: ContrastiveDataset,
     layers: int | Sequence[int] | None = None,
     site: str = "resid_post",
@@ -416,38 +407,3 @@ def extract_contrastive(
     if checkpoint is not None:
         Path(checkpoint).unlink(missing_ok=True)
     return result
-
-
-def prompt_pair_tokens(tokenizer, pair: PromptPair, prepend_bos: bool = True) -> tuple[list[int], list[int]]:
-    """ActAdd tokenisation: both prompts, the shorter right-padded with the token of a single space."""
-    bos = [tokenizer.bos_token_id] if prepend_bos and tokenizer.bos_token_id is not None else []
-    positive = bos + tokenizer(pair.positive, add_special_tokens=False).input_ids
-    negative = bos + tokenizer(pair.negative, add_special_tokens=False).input_ids
-    space = tokenizer(" ", add_special_tokens=False).input_ids
-    if len(space) != 1:
-        raise ValueError(
-            f"the tokenizer splits a single space into {len(space)} tokens; cannot pad ActAdd prompts"
-        )
-    width = max(len(positive), len(negative))
-    positive += space * (width - len(positive))
-    negative += space * (width - len(negative))
-    return positive, negative
-
-
-def extract_prompt_pair(
-    model,
-    pair: PromptPair,
-    layers: int | Sequence[int] | None = None,
-    site: str = "resid_pre",
-    prepend_bos: bool = True,
-) -> Float[Tensor, "layer pos d_model"]:
-    """ActAdd: ``h(p+) - h(p-)`` at every position of the space-padded prompts, per layer."""
-    chosen = check_layers(model, layers)
-    names = [hook_name(model, layer, site) for layer in chosen]
-    positive, negative = prompt_pair_tokens(model.tokenizer, pair, prepend_bos)
-    with torch.inference_mode():
-        _, cache = model.run_with_cache(
-            torch.tensor([positive, negative]), names_filter=names, stop_at_layer=stop_layer_for(chosen)
-        )
-        acts = torch.stack([cache[name] for name in names], dim=0)  # [layer, 2, pos, d]
-    return (acts[:, 0] - acts[:, 1]).float()

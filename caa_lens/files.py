@@ -1,14 +1,19 @@
-"""Writing files: atomically, so a crash never leaves a half-written one, and byte-reproducibly."""
+"""Writing files: atomically (one file, or several together), so a crash never leaves a half-written one, and byte-reproducibly."""
 
+import errno
 import json
 import os
+import shutil
 import struct
 import uuid
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+__all__ = ["atomic_write_bytes", "replace_together", "safetensors_bytes"]
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -71,3 +76,81 @@ def safetensors_bytes(tensors: Mapping[str, Tensor], metadata: Mapping[str, str]
     encoded = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     encoded += b" " * (-len(encoded) % 8)  # the format aligns the data section to 8 bytes
     return struct.pack("<Q", len(encoded)) + encoded + b"".join(chunks)
+
+
+def _write_fully(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        if written <= 0:  # os.write raises on a full disk; a zero-byte write would loop forever
+            raise OSError(errno.EIO, "write wrote nothing")
+        view = view[written:]
+
+
+def _write_temporary(target: Path, data: bytes, temporaries: list[Path]) -> Path:
+    """Write ``data`` to a new hidden file beside ``target`` and fsync it (listed before writing)."""
+    # Mode 0666 with O_EXCL: a fresh name, and the user's umask decides the permissions (mkstemp's
+    # 0600 would survive the rename and make saved vectors unreadable to others).
+    temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    temporaries.append(temporary)
+    try:
+        _write_fully(descriptor, data)
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    return temporary
+
+
+def replace_together(files: Sequence[tuple[Path, bytes]]) -> None:
+    """Replace every target with its data, or, if anything fails, leave every target as it was.
+
+    All data goes to fsynced temporary files first, so a full disk fails before any target changes.
+    The renames then run in order; a target that existed is first hard-linked (copied where links
+    are not supported) to a backup, and if a later rename fails the earlier ones are undone.
+    """
+    temporaries: list[Path] = []
+    backups: list[Path] = []
+    replaced: list[tuple[Path, Path | None]] = []
+    try:
+        for target, data in files:
+            _write_temporary(target, data, temporaries)
+        for (target, _), temporary in zip(files, temporaries, strict=True):
+            backup = None
+            if target.exists():
+                backup = target.with_name(f".{target.name}.{uuid.uuid4().hex}.bak")
+                try:
+                    os.link(target, backup)
+                except OSError:
+                    shutil.copyfile(target, backup)
+                backups.append(backup)
+            os.replace(temporary, target)
+            replaced.append((target, backup))
+    except BaseException:
+        for target, backup in reversed(replaced):
+            try:
+                if backup is None:
+                    target.unlink(missing_ok=True)
+                else:
+                    os.replace(backup, target)
+            except OSError as err:  # the original error matters more; say what could not be undone
+                warnings.warn(f"could not restore {target} after a failed save: {err}", stacklevel=3)
+        raise
+    finally:
+        for leftover in temporaries + backups:
+            leftover.unlink(missing_ok=True)
+    _fsync_directory(files[0][0].parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the renames durable (best effort: not every platform can open a directory)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)

@@ -2,8 +2,8 @@
 
 The bridge's own ``generate(fwd_hooks=...)`` silently ignores the hooks, so decoding is done here:
 prompts are left-padded with an attention mask (the bridge derives position ids from it), and each
-step runs one forward pass, either on the new token with a ``transformers.DynamicCache`` or on the
-whole sequence (full recompute). Steering is positional (``caa_lens.steering``), so both give the same
+step runs one forward pass, either on the new token with a KV cache (``caa_lens.prefix.prefill`` then
+``decode_step``) or on the whole sequence (full recompute). Steering is positional (``caa_lens.steering``), so both give the same
 greedy tokens. Each injection is anchored by its mode: CAA (``from_start``) at each prompt's
 ``steer_start``, ``last`` at the final prompt token (so the last prompt token and every generated
 token are steered), ActAdd (``front``) at the first token of the user's text (``user_start``).
@@ -13,14 +13,21 @@ import math
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from caa_lens.evaluation import check_injection_multipliers
+from caa_lens.multipliers import check_injection_multipliers
+from caa_lens.prefix import Decoding, decode_step, prefill
 from caa_lens.prompts import FormattedPrompt, check_fits, format_prompt, left_pad, pad_token_id
 from caa_lens.steering import MODES, Injection, front_rows, steer_start_columns, steering
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = ["GenerationResult", "check_generation", "end_token_ids", "generate", "next_tokens"]
 
 
 @dataclass(frozen=True)
@@ -36,7 +43,7 @@ class GenerationResult:
     prompt_token_ids: tuple[tuple[int, ...], ...]
 
 
-def end_token_ids(model) -> tuple[int, ...]:
+def end_token_ids(model: "TransformerBridge") -> tuple[int, ...]:
     """Tokens that end a reply: the tokenizer's EOS and any the model's generation config lists."""
     ids = {model.tokenizer.eos_token_id}
     config = getattr(getattr(model, "original_model", None), "generation_config", None)
@@ -72,7 +79,9 @@ def _check_arguments(max_new_tokens: int, temperature: float, top_p: float | Non
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
-def _check_injections(model, injections: tuple[Injection, ...], prompts: list[FormattedPrompt]) -> None:
+def _check_injections(
+    model: "TransformerBridge", injections: tuple[Injection, ...], prompts: list[FormattedPrompt]
+) -> None:
     check_injection_multipliers(injections)  # an overflowing multiplier decodes garbage from NaN logits
     for injection in injections:
         multiplier = injection.multiplier
@@ -94,7 +103,7 @@ def _check_injections(model, injections: tuple[Injection, ...], prompts: list[Fo
 
 
 def check_generation(
-    model,
+    model: "TransformerBridge",
     prompts: Sequence[FormattedPrompt],
     injections: Sequence[Injection],
     max_new_tokens: int,
@@ -114,7 +123,7 @@ def check_generation(
 
 
 def generate(
-    model,
+    model: "TransformerBridge",
     prompts: Sequence[FormattedPrompt] | Sequence[str],
     injections: Injection | Sequence[Injection] = (),
     max_new_tokens: int = 64,
@@ -143,21 +152,19 @@ def generate(
     >>> len(result.token_ids[0])
     3
     """
-    from caa_lens.kv_cache import new_cache, require_filled
-
     _check_arguments(max_new_tokens, temperature, top_p)
     formatted = [p if isinstance(p, FormattedPrompt) else format_prompt(model.tokenizer, p) for p in prompts]
     if not formatted:
         raise ValueError("no prompts to generate from")
     injections = (injections,) if isinstance(injections, Injection) else tuple(injections)
     check_generation(model, formatted, injections, max_new_tokens)
-    device = torch.device(model.cfg.device)
+    device = torch.device(str(model.cfg.device))
     pad = pad_token_id(model.tokenizer)
     ids, mask, offsets = left_pad([p.token_ids for p in formatted], pad)
     ids, mask = ids.to(device), mask.to(device)
     ends = torch.tensor(end_token_ids(model) if stop_at_eos else (), dtype=torch.long, device=device)
     generator = torch.Generator(device=device).manual_seed(seed) if temperature > 0 else None
-    cache = new_cache() if use_cache else None
+    decoding: Decoding | None = None  # the KV cache, once the prompt pass has filled it
     finished = torch.zeros(len(formatted), dtype=torch.bool, device=device)
     lengths = torch.zeros(len(formatted), dtype=torch.long, device=device)
     steps: list[Tensor] = []
@@ -171,12 +178,12 @@ def generate(
                 )
         step_input = ids
         for _ in range(max_new_tokens):
-            if use_cache:
-                logits = model(step_input, attention_mask=mask, past_key_values=cache)
-                if not steps:  # the prompt pass; later steps append to the cache it proved is filled
-                    require_filled(cache, mask.shape[1], "generate (KV cache)")
-            else:
+            if not use_cache:
                 logits = model(step_input, attention_mask=mask, use_cache=False)
+            elif decoding is None:  # the prompt pass; later steps append to the cache it filled
+                decoding, logits = prefill(model, step_input, mask)
+            else:
+                logits = decode_step(model, decoding, step_input, mask)
             token = next_tokens(logits[:, -1, :], temperature, top_p, generator)
             alive = ~finished
             token = torch.where(alive, token, torch.full_like(token, pad))

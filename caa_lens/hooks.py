@@ -5,13 +5,27 @@ message naming the layer and the model, instead of silently registering a hook t
 """
 
 from collections.abc import Sequence
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = [
+    "RESIDUAL_SITES",
+    "ResidualSite",
+    "check_layer",
+    "check_layers",
+    "check_site",
+    "hook_name",
+    "n_layers",
+    "stop_layer_for",
+]
 
 ResidualSite = Literal["resid_pre", "resid_mid", "resid_post"]
 RESIDUAL_SITES: tuple[str, ...] = get_args(ResidualSite)
 
 
-def n_layers(model) -> int:
+def n_layers(model: "TransformerBridge") -> int:
     """Number of transformer blocks of a TransformerBridge (or anything with ``cfg.n_layers``)."""
     return int(model.cfg.n_layers)
 
@@ -23,7 +37,7 @@ def check_site(site: str) -> ResidualSite:
     return site  # type: ignore[return-value]
 
 
-def check_layer(model, layer: int) -> int:
+def check_layer(model: "TransformerBridge", layer: int) -> int:
     """Validate a layer index (negative indices count from the end, as in Python)."""
     total = n_layers(model)
     if isinstance(layer, bool) or not isinstance(layer, int):
@@ -33,7 +47,7 @@ def check_layer(model, layer: int) -> int:
     return layer % total
 
 
-def check_layers(model, layers: int | Sequence[int] | None) -> tuple[int, ...]:
+def check_layers(model: "TransformerBridge", layers: int | Sequence[int] | None) -> tuple[int, ...]:
     """Normalise a layer selection to a sorted tuple of unique valid indices; ``None`` means all layers."""
     if layers is None:
         return tuple(range(n_layers(model)))
@@ -45,7 +59,7 @@ def check_layers(model, layers: int | Sequence[int] | None) -> tuple[int, ...]:
     return tuple(checked)
 
 
-def hook_name(model, layer: int, site: str = "resid_post") -> str:
+def hook_name(model: "TransformerBridge", layer: int, site: str = "resid_post") -> str:
     """The hook-point name for a residual-stream site at ``layer``, checked against ``model.hook_dict``.
 
     >>> from caa_lens.tiny import tiny_model

@@ -24,77 +24,55 @@ Per item:
 
 Steering follows the CAA rule: from the end of the user turn (``FormattedPrompt.steer_start``) on,
 the reply tokens included. The tokens before that are unsteered in every setting, so they run once
-per batch of items into a KV cache (``evaluation.encode_token_prefixes``, the one prefix engine), and
+per batch of items into a KV cache (``prefix.encode_token_prefixes``, the one prefix engine), and
 every (answer, vector, multiplier) row runs only the rest on a copy of that cache
-(``evaluation.suffix_logits``), in chunks that keep the logits to a bounded size.
+(``prefix.suffix_logits``), in chunks that keep the logits to a bounded size.
 """
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from caa_lens.data import (
-    _INLINE_LETTER,
-    _OFFERED_LETTER,
-    ContrastiveDataset,
-    ContrastiveItem,
-    DatasetError,
-    answer_label,
-)
+from caa_lens.answer_texts import OptionTexts, option_texts
+from caa_lens.data import ContrastiveDataset, ContrastiveItem
 from caa_lens.evaluation import (
-    PrefixBatch,
+    ItemScores,
     SplitRule,
-    check_injection_multipliers,
     check_scores_finite,
-    encode_token_prefixes,
     grid_injections,
     item_hash,
     split_position,
-    suffix_logits,
 )
+from caa_lens.multipliers import scoring_injections
+from caa_lens.prefix import PrefixBatch, encode_token_prefixes, suffix_logits
 from caa_lens.prompts import FormattedPrompt, PromptStyle, check_fits, format_prompt
 from caa_lens.steering import Injection
 from caa_lens.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
     "LOGITS_BUDGET",
     "LikelihoodItemScore",
     "LikelihoodPrompt",
     "LikelihoodScores",
-    "OptionTexts",
-    "dataset_option_texts",
     "encode_likelihood_prefixes",
-    "letter_free_dataset",
     "likelihood_prompt",
     "likelihood_prompts",
     "likelihood_scores",
     "likelihood_suffix_scores",
-    "option_texts",
 ]
 
 # Logits (elements) one suffix pass may hold: the replies are tens of tokens, and rows x tokens x
 # vocabulary of a whole sweep cell grid would be gigabytes on a real model.
 LOGITS_BUDGET = 1 << 26
 _TARGETS_PER_CHUNK = 1 << 24  # elements of the float64 log-softmax over the read positions
-# The label line that opens a CAA choices block: "Choices:", also "Options:" / "Answer choices:".
-_CHOICES_LABEL = re.compile(r"(?:^|\n)[ \t]*(?:answer[ \t]+)?(?:choices|options)[ \t]*:?[ \t]*\Z", re.I)
-# What joins inline options to the sentence around them: "(A) tea, (B) coffee or (C) water."
-_INLINE_EDGE = re.compile(r"(?:[\s,;:.?!]|\bor\b)+\Z")
-
-
-@dataclass(frozen=True)
-class OptionTexts:
-    """The letter-free form of an item: the question without its choices, and each answer's words."""
-
-    stem: str
-    matching: str
-    not_matching: str
 
 
 @dataclass(frozen=True)
@@ -130,157 +108,23 @@ class LikelihoodItemScore:
 
 
 @dataclass(frozen=True)
-class LikelihoodScores:
+class LikelihoodScores(ItemScores):
     """Per-item likelihood scores of one dataset under one steering setting."""
 
-    dataset: str
-    dataset_hash: str
     items: tuple[LikelihoodItemScore, ...]
 
     @property
-    def mean_p_matching(self) -> float:
-        return sum(s.p_matching for s in self.items) / len(self.items)
-
-    @property
     def mean_logprob_diff(self) -> float:
-        return sum(s.logprob_diff for s in self.items) / len(self.items)
+        return self.mean("logprob_diff")
 
     @property
     def mean_p_token_mean(self) -> float:
-        return sum(s.p_token_mean for s in self.items) / len(self.items)
+        return self.mean("p_token_mean")
 
     @property
     def preferred_fraction(self) -> float:
         """Share of items whose matching text is the more likely one (``logprob_diff > 0``)."""
         return sum(s.logprob_diff > 0 for s in self.items) / len(self.items)
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([vars(s) for s in self.items])
-
-
-def _block_options(question: str, where: str) -> tuple[str, dict[str, str]] | None:
-    """Stem and option texts of a question whose options start lines (the CAA ``Choices:`` block).
-
-    An option runs to the next option line, so a multi-line answer keeps all its lines.
-    """
-    markers = list(_OFFERED_LETTER.finditer(question))
-    if not markers:
-        return None
-    stem = _CHOICES_LABEL.sub("", question[: markers[0].start()].rstrip()).strip()
-    ends = [m.start() for m in markers[1:]] + [len(question)]
-    return stem, _collect(
-        markers, [question[m.end() : end] for m, end in zip(markers, ends, strict=True)], where
-    )
-
-
-def _inline_options(question: str, where: str) -> tuple[str, dict[str, str]] | None:
-    """Stem and option texts of a question with inline options: ``Do you prefer (A) tea or (B) coffee?``.
-
-    An option runs to the next marker (the last one to the end of its line), without the words and
-    punctuation joining it to the sentence; the stem is the question with the markers taken out
-    (``Do you prefer tea or coffee?``), so it reads as a question and shows no letter.
-    """
-    markers = list(_INLINE_LETTER.finditer(question))
-    if not markers:
-        return None
-    line_end = question.find("\n", markers[-1].end())
-    ends = [m.start() for m in markers[1:]] + [line_end if line_end >= 0 else len(question)]
-    texts = [
-        _INLINE_EDGE.sub("", question[m.end() : end].strip()) for m, end in zip(markers, ends, strict=True)
-    ]
-    pieces, at = [], 0
-    for m in markers:
-        pieces.append(question[at : m.start()])
-        at = m.end()
-        while at < len(question) and question[at] in " \t":
-            at += 1
-    return ("".join(pieces) + question[at:]).strip(), _collect(markers, texts, where)
-
-
-def _collect(markers: Sequence[re.Match], texts: Sequence[str], where: str) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for marker, text in zip(markers, texts, strict=True):
-        letter = marker.group(1)
-        if letter in found:
-            raise DatasetError(
-                f"{where}: the question offers option ({letter}) twice, so its text is ambiguous for the "
-                f"letter-free likelihood metric"
-            )
-        found[letter] = text.strip()
-    return found
-
-
-def option_texts(item: ContrastiveItem, where: str = "item") -> OptionTexts:
-    """The stem and the matching and non-matching answer texts of an item, with no letter in them.
-
-    A/B items: the options that start lines (the CAA ``Choices:`` block, whose label line is dropped
-    from the stem) or, in a question without such lines, inline options (``(A) tea or (B) coffee``).
-    Yes/No items: the whole question, and the answers themselves (``"Yes"``, ``"No"``).
-
-    Raises:
-        DatasetError: (prefixed with ``where``, e.g. the file and item) the question lists no lettered
-            options (the letters are all the item has, so there is no text to score), lists a letter
-            twice, an answer's text is empty, or nothing of the question is left as a stem.
-
-    >>> from caa_lens.data import make_item
-    >>> option_texts(make_item("Tea?\\n\\nChoices:\\n (A) Yes, please.\\n (B) No, thanks.", "(B)", "(A)"))
-    OptionTexts(stem='Tea?', matching='No, thanks.', not_matching='Yes, please.')
-    >>> option_texts(make_item("Do you prefer (A) tea or (B) coffee?", "(A)", "(B)"))
-    OptionTexts(stem='Do you prefer tea or coffee?', matching='tea', not_matching='coffee')
-    """
-    if item.kind == "yes_no":
-        return OptionTexts(item.question.strip(), item.matching.strip(), item.not_matching.strip())
-    parsed = _block_options(item.question, where) or _inline_options(item.question, where)
-    if parsed is None:
-        raise DatasetError(
-            f"{where}: the question lists no lettered options, so the text of the answers "
-            f"{item.matching!r}/{item.not_matching!r} cannot be located for the letter-free likelihood "
-            f"metric (it needs the options in the question, e.g. a 'Choices:' block); use metric 'letter'"
-        )
-    stem, texts = parsed
-    answers = {}
-    for key, answer in (("matching", item.matching), ("not_matching", item.not_matching)):
-        text = texts.get(answer_label(answer), "")
-        if not text:
-            raise DatasetError(
-                f"{where}: the text of option {answer!r} ({key}) cannot be located in the question "
-                f"(found options {sorted(texts)}; an option needs words after its letter)"
-            )
-        answers[key] = text
-    if not stem:
-        raise DatasetError(f"{where}: the question has no text before its choices to ask the options with")
-    return OptionTexts(stem, answers["matching"], answers["not_matching"])
-
-
-def dataset_option_texts(dataset: ContrastiveDataset) -> list[OptionTexts]:
-    """``option_texts`` of every item (errors name the dataset file and item); needs no model, so a
-    command line checks a dataset with it before loading one."""
-    where = dataset.source or dataset.name
-    return [option_texts(item, f"{where}: item {i}") for i, item in enumerate(dataset)]
-
-
-def letter_free_dataset(dataset: ContrastiveDataset) -> ContrastiveDataset:
-    """The dataset with each A/B item rewritten as its stem answered by each option's *text*.
-
-    The items become reply-text pairs (``make_item(stem, matching text, non-matching text)``), so
-    ``extract_contrastive(..., position_rule="last")`` reads the residual stream at the last token of
-    the reply itself: a contrast between what the assistant *says*, with no letter anywhere, which a
-    model that cannot answer A/B questions still expresses. Build the vector with
-    ``method="mean_difference"`` (each item is its own label, so there is no letter to balance).
-
-    >>> from caa_lens.data import make_item
-    >>> item = make_item("Tea?\\n\\nChoices:\\n (A) Yes, please.\\n (B) No, thanks.", "(B)", "(A)")
-    >>> letter_free_dataset(ContrastiveDataset("d", (item,)))[0].question
-    'Tea?'
-    """
-    from caa_lens.data import make_item
-
-    where = dataset.source or dataset.name
-    items = [
-        make_item(texts.stem, texts.matching, texts.not_matching, f"{where}: item {i}")
-        for i, texts in enumerate(dataset_option_texts(dataset))
-    ]
-    return ContrastiveDataset(f"{dataset.name}:text", tuple(items), dataset.source)
 
 
 def likelihood_prompt(
@@ -289,7 +133,7 @@ def likelihood_prompt(
     system: str | None = None,
     style: PromptStyle = "auto",
     where: str = "item",
-    model=None,
+    model: "TransformerBridge | None" = None,
 ) -> LikelihoodPrompt:
     """The stem prompt of an item and the reply tokens of its two answer texts, found in context.
 
@@ -325,7 +169,7 @@ def likelihood_prompts(
     dataset: ContrastiveDataset,
     system: str | None = None,
     style: PromptStyle = "auto",
-    model=None,
+    model: "TransformerBridge | None" = None,
 ) -> list[LikelihoodPrompt]:
     """Every item's ``likelihood_prompt``; errors name the dataset file and item."""
     where = dataset.source or dataset.name
@@ -336,7 +180,7 @@ def likelihood_prompts(
 
 
 def encode_likelihood_prefixes(
-    model, prompts: Sequence[LikelihoodPrompt], split: SplitRule = "from_start"
+    model: "TransformerBridge", prompts: Sequence[LikelihoodPrompt], split: SplitRule = "from_start"
 ) -> PrefixBatch:
     """Run the unsteered prefixes of a batch of items once; each item gets two suffix rows (the rest
     of its prompt, then the matching or the non-matching reply), in that order."""
@@ -375,7 +219,7 @@ def _reply_logprobs(
 
 
 def _row_logprobs(
-    model,
+    model: "TransformerBridge",
     batch: PrefixBatch,
     rows: Int[Tensor, "row"],
     injections_for: Callable[[slice], Sequence[Injection]],
@@ -409,7 +253,7 @@ def _combine(
 
 
 def likelihood_suffix_scores(
-    model,
+    model: "TransformerBridge",
     batch: PrefixBatch,
     vectors: Sequence[SteeringVector],
     layer: int,
@@ -452,7 +296,7 @@ def _split_of(injections: Sequence[Injection]) -> SplitRule:
 
 
 def likelihood_scores(
-    model,
+    model: "TransformerBridge",
     dataset: ContrastiveDataset,
     injections: Injection | Sequence[Injection] = (),
     batch_size: int = 8,
@@ -480,13 +324,8 @@ def likelihood_scores(
     >>> 0 < scores.mean_p_matching < 1
     True
     """
-    injections = (injections,) if isinstance(injections, Injection) else tuple(injections)
-    if any(isinstance(i.multiplier, Tensor) for i in injections):
-        raise ValueError("likelihood_scores takes float multipliers; use run_sweep for per-row ones")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    injections = scoring_injections(injections, batch_size, "likelihood_scores")
     split = _split_of(injections)
-    check_injection_multipliers(injections)
     prompts = likelihood_prompts(model.tokenizer, dataset, system, style, model)  # checks every length
     order = sorted(range(len(prompts)), key=lambda i: (prompts[i].longest, i))
     logprobs = torch.empty((len(prompts), 2), dtype=torch.float64)

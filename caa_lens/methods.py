@@ -13,10 +13,8 @@ label counts and, per layer, its letter share (squared cosine with ``L``), and w
 
 import hashlib
 import json
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Float
@@ -29,20 +27,22 @@ from caa_lens.extraction import (
     PositionRule,
     check_batch_size,
     extract_contrastive,
-    extract_prompt_pair,
 )
 from caa_lens.hooks import check_layers
-from caa_lens.vectors import Provenance, SteeringVector, make_provenance
+from caa_lens.letter_balance import label_means, labels_or_none, letter_record, one_label_note
+from caa_lens.prompt_pair import extract_prompt_pair
+from caa_lens.provenance import Provenance, make_provenance
+from caa_lens.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
-    "LETTER_SHARE_LIMIT",
-    "LabelMeans",
     "PcaCentring",
     "VectorMethod",
     "actadd_vector",
     "caa_vector",
     "contrastive_vector",
-    "label_means",
     "mean_difference_vector",
     "pca_directions",
     "pca_vector",
@@ -52,129 +52,26 @@ __all__ = [
 VectorMethod = Literal["letter_balanced", "mean_difference"]
 PcaCentring = Literal["within_label", "pooled"]
 
-# A vector with more than this share of its squared norm along the letter axis is mostly "A minus B".
-LETTER_SHARE_LIMIT = 0.25
 
-
-@dataclass(frozen=True, eq=False)
-class LabelMeans:
-    """Per matching answer label (sorted): its pair count and mean difference, float64.
-
-    ``balanced`` is the letter-balanced mean (each label weighs the same) and ``axis`` the letter axis
-    ``L`` (two labels only), both by ``caa_lens.stats`` (each label's mean stands in for its pairs).
-    """
-
-    labels: tuple[str, ...]
-    counts: tuple[int, ...]
-    means: Float[Tensor, "label layer d_model"]
-
-    @property
-    def balanced(self) -> Float[Tensor, "layer d_model"]:
-        return stats.letter_balanced_mean(self.means, self.labels)
-
-    @property
-    def axis(self) -> Float[Tensor, "layer d_model"] | None:
-        return stats.letter_axis(self.means, self.labels) if len(self.labels) == 2 else None
-
-    def shares(self, directions: Float[Tensor, "layer d_model"]) -> Float[Tensor, " layer"] | None:
-        """Each layer's letter share of ``directions`` (None without exactly two labels)."""
-        axis = self.axis
-        return None if axis is None else stats.letter_share(directions.double(), axis)
-
-
-def label_means(activations: ContrastiveActivations) -> LabelMeans:
-    """The per-matching-label mean differences: from the extraction's per-label sums, else its examples.
-
-    Raises:
-        ValueError: the activations carry neither (assembled by hand without ``label_sums``).
-    """
-    if activations.label_sums is not None:
-        sums = activations.label_sums.double()
-        counts = torch.tensor(activations.label_counts, dtype=torch.float64)
-        means = (sums[:, 0] - sums[:, 1]) / counts[:, None, None]
-        return LabelMeans(activations.labels, activations.label_counts, means)
-    if activations.examples is not None:
-        examples = activations.examples
-        differences = examples.positive.double() - examples.negative.double()
-        labels = tuple(sorted(set(examples.positive_labels)))
-        masks = [torch.tensor([x == label for x in examples.positive_labels]) for label in labels]
-        means = torch.stack([differences[mask].mean(0) for mask in masks])
-        return LabelMeans(labels, tuple(int(mask.sum()) for mask in masks), means)
-    raise ValueError(
-        f"activations of {activations.dataset!r} have no per-label sums and no examples, so the matching "
-        "labels cannot be balanced: extract them with extract_contrastive (which records per-label sums), "
-        "or ask for method='mean_difference' (the plain mean, which keeps any letter imbalance)"
-    )
-
-
-def _labels_or_none(activations: ContrastiveActivations) -> LabelMeans | None:
-    has_labels = activations.label_sums is not None or activations.examples is not None
-    return label_means(activations) if has_labels else None
-
-
-def _one_label(groups: LabelMeans, dataset: str) -> str:
-    note = (
-        f"letter balancing impossible: every pair's matching answer is {groups.labels[0]!r}, so no other "
-        "label's pairs can cancel the letter"
-    )
-    warnings.warn(
-        f"{dataset}: {note}; using the plain mean, which holds the direction of that answer label as well "
-        "as the behaviour. Add pairs whose matching answer is another label to separate them.",
-        UserWarning,
-        stacklevel=3,
-    )
-    return note
-
-
-def _letter_record(
-    provenance: Provenance,
-    directions: Tensor,
-    layers: tuple[int, ...],
-    groups: LabelMeans | None,
-    advice: str,
+def _provenance(
+    model: "TransformerBridge", activations: ContrastiveActivations, method: str, settings: dict[str, object]
 ) -> Provenance:
-    """``provenance`` with the label counts and letter shares; warns when a layer is mostly letter.
-
-    The share is recorded at every layer. The warning needs the letter axis to be longer than the
-    letter-balanced mean as well: where it is shorter, there is little letter to tilt the vector, and
-    the "axis" (a difference of two label means) is largely sampling noise, which lies along whatever
-    varies most between pairs, often the behaviour itself, so its cosine says little.
-    """
-    shares = None if groups is None else groups.shares(directions)
-    if groups is None or shares is None:
-        return provenance if groups is None else replace(provenance, label_counts=_counts(groups))
-    record = {str(layer): float(share) for layer, share in zip(layers, shares, strict=True)}
-    axis = groups.axis
-    assert axis is not None  # shares exist
-    letter_norm, behaviour_norm = axis.norm(dim=-1), groups.balanced.norm(dim=-1)
-    high = [
-        k
-        for k, share in enumerate(shares)
-        if share > LETTER_SHARE_LIMIT and letter_norm[k] > behaviour_norm[k]
-    ]
-    if high:
-        listed = ", ".join(
-            f"layer {layers[k]}: {float(shares[k]):.2f} (|L| {float(letter_norm[k]):.3g}, |b| "
-            f"{float(behaviour_norm[k]):.3g})"
-            for k in high
-        )
-        counts = ", ".join(f"{n} {label}" for label, n in _counts(groups).items())
-        warnings.warn(
-            f"{provenance.dataset}: the {provenance.method} vector is mostly the answer letter at layers "
-            f"{[layers[k] for k in high]} (letter share, its squared cosine with the letter axis L: {listed}; "
-            f"matching labels {counts}). {advice}",
-            UserWarning,
-            stacklevel=3,
-        )
-    return replace(provenance, label_counts=_counts(groups), letter_share=record)
-
-
-def _counts(groups: LabelMeans) -> dict[str, int]:
-    return dict(zip(groups.labels, groups.counts, strict=True))
+    """The provenance of a float32 vector built by ``method`` from ``activations``."""
+    return make_provenance(
+        model,
+        activations.site,
+        activations.position_rule,
+        method,
+        activations.dataset,
+        activations.dataset_hash,
+        activations.n_pairs,
+        torch.float32,
+        settings,
+    )
 
 
 def contrastive_vector(
-    model, activations: ContrastiveActivations, method: VectorMethod = "letter_balanced"
+    model: "TransformerBridge", activations: ContrastiveActivations, method: VectorMethod = "letter_balanced"
 ) -> SteeringVector:
     """A mean-difference steering vector from extracted activations.
 
@@ -194,7 +91,7 @@ def contrastive_vector(
     """
     if method not in ("letter_balanced", "mean_difference"):
         raise ValueError(f"unknown method {method!r}: expected 'letter_balanced' or 'mean_difference'")
-    groups = label_means(activations) if method == "letter_balanced" else _labels_or_none(activations)
+    groups = label_means(activations) if method == "letter_balanced" else labels_or_none(activations)
     name: str = method
     if method == "mean_difference":
         directions = activations.mean_difference
@@ -203,7 +100,7 @@ def contrastive_vector(
         )
     elif groups is not None and len(groups.labels) < 2:
         directions = activations.mean_difference
-        name = f"mean_difference; {_one_label(groups, activations.dataset)}"
+        name = f"mean_difference; {one_label_note(groups, activations.dataset)}"
         advice = "Add pairs whose matching answer is another label."
     else:
         assert groups is not None
@@ -212,22 +109,17 @@ def contrastive_vector(
             "Even the letter-balanced mean lies along the letter axis here: few pairs, or a behaviour that "
             "goes with the letter; check the per-letter effects (caa_lens.stats.effects_table)."
         )
-    provenance = make_provenance(
-        model,
-        activations.site,
-        activations.position_rule,
-        name,
-        activations.dataset,
-        activations.dataset_hash,
-        activations.n_pairs,
-        torch.float32,
-        activations.settings,
+    provenance = letter_record(
+        _provenance(model, activations, name, activations.settings),
+        directions,
+        activations.layers,
+        groups,
+        advice,
     )
-    provenance = _letter_record(provenance, directions, activations.layers, groups, advice)
     return SteeringVector(directions, activations.layers, provenance)
 
 
-def mean_difference_vector(model, activations: ContrastiveActivations) -> SteeringVector:
+def mean_difference_vector(model: "TransformerBridge", activations: ContrastiveActivations) -> SteeringVector:
     """CAA as published: v_L = mean over pairs of a_L(matching) - a_L(not matching). No normalisation.
 
     Keeps ``(f_A - f_B) * L`` of the letter axis when the matching labels are unbalanced (and warns when
@@ -297,7 +189,7 @@ def pca_directions(
 
 
 def pca_vector(
-    model, activations: ContrastiveActivations, centring: PcaCentring = "within_label"
+    model: "TransformerBridge", activations: ContrastiveActivations, centring: PcaCentring = "within_label"
 ) -> SteeringVector:
     """The PCA-of-differences vector (``pca_directions``) from activations extracted with examples.
 
@@ -317,31 +209,24 @@ def pca_vector(
     groups = label_means(activations)
     name = "pca_of_differences"
     if centring == "within_label":
-        name += "; within_label" if len(groups.labels) > 1 else f"; {_one_label(groups, activations.dataset)}"
+        name += (
+            "; within_label" if len(groups.labels) > 1 else f"; {one_label_note(groups, activations.dataset)}"
+        )
     directions = pca_directions(diffs, examples.positive_labels, centring)
-    provenance = make_provenance(
-        model,
-        activations.site,
-        activations.position_rule,
-        name,
-        activations.dataset,
-        activations.dataset_hash,
-        activations.n_pairs,
-        torch.float32,
-        # The examples' storage dtype changes the PCA (float16 examples round every difference).
-        activations.settings | {"example_dtype": str(examples.positive.dtype).removeprefix("torch.")},
-    )
+    # The examples' storage dtype changes the PCA (float16 examples round every difference).
+    settings = activations.settings | {"example_dtype": str(examples.positive.dtype).removeprefix("torch.")}
+    provenance = _provenance(model, activations, name, settings)
     advice = (
         "Use centring='within_label' (the default), which removes the letter axis before the SVD."
         if centring == "pooled"
         else "Even within-label PCA lies along the letter axis here: too few pairs per label?"
     )
-    provenance = _letter_record(provenance, directions, activations.layers, groups, advice)
+    provenance = letter_record(provenance, directions, activations.layers, groups, advice)
     return SteeringVector(directions, activations.layers, provenance)
 
 
 def caa_vector(
-    model,
+    model: "TransformerBridge",
     dataset: ContrastiveDataset,
     layers: int | Sequence[int] | None = None,
     site: str = "resid_post",
@@ -382,7 +267,7 @@ def prompt_pair_hash(pair: PromptPair) -> str:
 
 
 def actadd_vector(
-    model,
+    model: "TransformerBridge",
     pair: PromptPair,
     layers: int | Sequence[int] | None = None,
     site: str = "resid_pre",

@@ -20,19 +20,41 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from caa_lens.data import DatasetError
-from caa_lens.evaluation import check_multipliers
 from caa_lens.generation import generate
+from caa_lens.multipliers import check_multipliers
 from caa_lens.outputs import check_output_file
-from caa_lens.prompts import check_fits, format_prompt, left_pad, pad_token_id, right_pad
+from caa_lens.prefix import encode, run_suffixes
+from caa_lens.prompts import check_fits, format_prompt, pad_token_id, right_pad
 from caa_lens.steering import Injection
 from caa_lens.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = [
+    "BEHAVIOUR_RUBRIC",
+    "COHERENCE_RUBRIC",
+    "GENERATION_COLUMNS",
+    "OOD_MODES",
+    "SCORES",
+    "KeywordScorer",
+    "ModelJudgeScorer",
+    "OODPrompt",
+    "ScoreResult",
+    "Scorer",
+    "check_generations_output",
+    "is_generations_file",
+    "load_ood_prompts",
+    "run_ood",
+    "write_generations",
+]
 
 SCORES = tuple(range(11))
 # The columns of every run_ood row, in order; a generations table's first line has all of them.
@@ -143,7 +165,13 @@ class ModelJudgeScorer:
             "refuse the request".
     """
 
-    def __init__(self, model, behaviour_description: str, system: str | None = None, batch_size: int = 8):
+    def __init__(
+        self,
+        model: "TransformerBridge",
+        behaviour_description: str,
+        system: str | None = None,
+        batch_size: int = 8,
+    ):
         self.model = model
         self.behaviour_description = behaviour_description
         self.system = system
@@ -185,26 +213,17 @@ class ModelJudgeScorer:
         then run only ``base[-1:] + ctx`` on it, so logits are computed for a few positions, not the
         whole rubric (a batch of full-length logits would take gigabytes on a 49k vocabulary).
         """
-        from caa_lens.kv_cache import new_cache, require_filled
-
         pad = pad_token_id(self.model.tokenizer)
-        device = self.model.cfg.device
-        ids, prefix_mask, _ = left_pad([b[:-1] for b in bases], pad)
-        cache = new_cache()
         with torch.inference_mode():
-            self.model(
-                ids.to(device),
-                attention_mask=prefix_mask.to(device),
-                past_key_values=cache,
+            prefix = encode(
+                self.model,
+                [b[:-1] for b in bases],
                 stop_at_layer=int(self.model.cfg.n_layers),
+                where="OOD rubric prefix pass",
             )
-            require_filled(cache, ids.shape[1], "OOD rubric prefix pass")
-            owner = torch.tensor([q for q, _ in rows])
-            cache.batch_select_indices(owner.to(device))
             suffixes = [bases[q][-1:] + ctx for q, ctx in rows]
             suffix_ids, suffix_mask = right_pad(suffixes, pad)
-            mask = torch.cat([prefix_mask[owner], suffix_mask], dim=1)
-            logits = self.model(suffix_ids.to(device), attention_mask=mask.to(device), past_key_values=cache)
+            logits = run_suffixes(self.model, prefix, [q for q, _ in rows], suffix_ids, suffix_mask)
             last = torch.tensor([len(x) - 1 for x in suffixes], device=logits.device)
             return logits[torch.arange(len(rows)), last].double().softmax(dim=-1).cpu()
 
@@ -262,7 +281,7 @@ class ModelJudgeScorer:
 
 
 def run_ood(
-    model,
+    model: "TransformerBridge",
     prompts: Sequence[OODPrompt],
     vector: SteeringVector | None = None,
     layer: int | None = None,

@@ -1,7 +1,7 @@
 """Open-ended steering: generations over a grid of settings, scored, as paired effects with a null.
 
 ``steered_generations`` writes the completion of every prompt under every (vector, layer, multiplier)
-cell, its random same-norm controls beside it (``caa_lens.sweep.with_controls``: the null band) and the
+cell, its random same-norm controls beside it (``caa_lens.sweep_controls.with_controls``: the null band) and the
 unsteered completion (multiplier 0) of each prompt, generated once and paired with every cell. Rows of
 different cells share a batch: each (vector, layer) in a batch is one ``Injection`` whose per-row
 multiplier is zero on the other rows (adding ``0 * v`` leaves a float unchanged), so a batch of mixed
@@ -14,7 +14,8 @@ n, and, where controls were generated, the null band and whether the interval li
 
 >>> import torch
 >>> from caa_lens.tiny import tiny_model
->>> from caa_lens.vectors import SteeringVector, make_provenance
+>>> from caa_lens.vectors import SteeringVector
+>>> from caa_lens.provenance import make_provenance
 >>> model = tiny_model()
 >>> provenance = make_provenance(model, "resid_post", "answer", "demo", "demo", "0", 1, torch.float32)
 >>> vector = SteeringVector(torch.ones(1, 64), (1,), provenance)
@@ -28,27 +29,30 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from caa_lens.evaluation import check_multipliers
 from caa_lens.generation import check_generation, generate
 from caa_lens.hooks import check_layers
+from caa_lens.multipliers import check_multipliers
 from caa_lens.ood import OODPrompt
 from caa_lens.prompts import FormattedPrompt, format_prompt
-from caa_lens.stats import paired_effect, with_null
+from caa_lens.stats import EFFECT_NULL_COLUMNS, paired_effect, with_null
 from caa_lens.steering import MODES, Injection
-from caa_lens.sweep import NULL_PREFIX, with_controls
+from caa_lens.sweep_controls import NULL_PREFIX, with_controls
 from caa_lens.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
     "EFFECT_COLUMNS",
     "GENERATION_TABLE_COLUMNS",
     "GenerationSettings",
-    "as_prompts",
     "check_effects_output",
     "examples",
     "is_effects_csv",
@@ -79,13 +83,7 @@ EFFECT_COLUMNS = (
     "n_prompts",
     "unsteered",
     "steered",
-    "effect",
-    "effect_low",
-    "effect_high",
-    "null_low",
-    "null_high",
-    "n_null",
-    "vs_null",
+    *EFFECT_NULL_COLUMNS,
 )
 
 
@@ -117,7 +115,7 @@ class GenerationSettings:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
 
-def as_prompts(prompts: Sequence[OODPrompt] | Sequence[str]) -> tuple[OODPrompt, ...]:
+def _as_prompts(prompts: Sequence[OODPrompt] | Sequence[str]) -> tuple[OODPrompt, ...]:
     """``OODPrompt`` objects as given, or strings numbered in order (id ``"0"``, ``"1"``, ...)."""
     out = tuple(
         p if isinstance(p, OODPrompt) else OODPrompt(str(i), str(p), "") for i, p in enumerate(prompts)
@@ -160,7 +158,7 @@ def _per_layer(
 
 
 def steered_generations(
-    model,
+    model: "TransformerBridge",
     prompts: Sequence[OODPrompt] | Sequence[str],
     vector: SteeringVector,
     layers: int | Sequence[int],
@@ -191,7 +189,7 @@ def steered_generations(
     Raises ValueError before anything is generated: no prompts, a layer the model or vector lacks, bad or
     overflowing multipliers, an unknown mode, or a prompt too long for the context (named by its id).
     """
-    items = as_prompts(prompts)
+    items = _as_prompts(prompts)
     if mode not in MODES:
         raise ValueError(f"unknown steering mode {mode!r}: expected one of {', '.join(MODES)}")
     chosen = check_layers(model, layers)

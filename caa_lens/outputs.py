@@ -8,7 +8,7 @@ to share the name) is refused with an ``OutputError`` naming the path and what t
 is loaded or anything is computed, so a user never waits for a computation whose result cannot be
 saved.
 
-Each kind of output owns its recogniser (``caa_lens.vectors.is_vector_file``,
+Each kind of output owns its recogniser (``caa_lens.vector_files.is_vector_file``,
 ``caa_lens.sweep_io.is_sweep_file``, ...); this module holds only the checks they share.
 """
 

@@ -21,11 +21,26 @@ Positions (0-based, in the unpadded sequence):
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = [
+    "PLAIN_TEMPLATE",
+    "FormattedPrompt",
+    "PromptStyle",
+    "check_fits",
+    "format_prompt",
+    "left_pad",
+    "pad_token_id",
+    "prompt_text",
+    "right_pad",
+]
 
 PromptStyle = Literal["auto", "chat", "plain"]
 PLAIN_TEMPLATE = "Input: {user}\nResponse:"
@@ -206,7 +221,7 @@ def format_prompt(
     return FormattedPrompt(tuple(ids), text, steer_start, answer_position, user_start)
 
 
-def check_fits(model, length: int, where: str) -> None:
+def check_fits(model: "TransformerBridge", length: int, where: str) -> None:
     """Refuse a sequence longer than the model's context window, naming where it came from.
 
     Past ``n_ctx`` rotary models silently extrapolate and learned-position models fail deep inside

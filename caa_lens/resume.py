@@ -16,6 +16,14 @@ from torch import Tensor
 
 from caa_lens.files import atomic_write_bytes, safetensors_bytes
 
+__all__ = [
+    "CheckpointMismatchError",
+    "ExtractionState",
+    "load_state",
+    "run_key",
+    "save_state",
+]
+
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint exists but was written by a run with different settings."""

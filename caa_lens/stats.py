@@ -30,6 +30,7 @@ from torch import Tensor
 from caa_lens.vectors import SteeringVector
 
 __all__ = [
+    "EFFECT_NULL_COLUMNS",
     "Effect",
     "NullBand",
     "effects_table",
@@ -45,6 +46,9 @@ __all__ = [
 NullVerdict = Literal["above null", "below null", "inside null"]
 LetterPattern = Literal["same direction", "opposite directions", "unclear"]
 Scores = Float[np.ndarray, " item"] | Float[Tensor, " item"] | Sequence[float]
+# An effect with its interval (``paired_effect``) and its null band (``with_null``): the columns every
+# effects table ends with (the sweep's and the open-ended one).
+EFFECT_NULL_COLUMNS = ("effect", "effect_low", "effect_high", "null_low", "null_high", "n_null", "vs_null")
 
 
 @dataclass(frozen=True)

@@ -33,15 +33,29 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Literal, get_args
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from caa_lens.hooks import check_layer, check_site, hook_name, stop_layer_for
-from caa_lens.prompts import FormattedPrompt, left_pad, pad_token_id
-from caa_lens.vectors import SteeringVector, check_compatible, model_identity
+from caa_lens.hooks import check_site, hook_name
+from caa_lens.identity import model_identity
+from caa_lens.prompts import FormattedPrompt
+from caa_lens.provenance import check_compatible
+from caa_lens.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = [
+    "MODES",
+    "Injection",
+    "Mode",
+    "front_rows",
+    "steer_start_columns",
+    "steering",
+]
 
 Mode = Literal["from_start", "front", "last", "all"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -149,7 +163,7 @@ def front_rows(injection: Injection, tokenizer) -> Float[Tensor, "pos d_model"]:
     tokenizer has no BOS token has no BOS row.
 
     >>> import torch
-    >>> from caa_lens.vectors import Provenance
+    >>> from caa_lens.provenance import Provenance
     >>> prov = Provenance("m", "h", 2, 1, "resid_pre", "all", "actadd", "d", "0", 1, "float32")
     >>> h = SteeringVector(torch.tensor([[[0.0, 0.0], [1.0, 2.0], [3.0, 4.0]]]), (0,), prov)
     >>> from caa_lens.tiny import tiny_tokenizer
@@ -208,7 +222,7 @@ def _make_hook(injection: Injection, start: Tensor, cursor: _Cursor, tokenizer):
     return steer
 
 
-def _still_registered(model, hooks: list[tuple[str, object]]) -> bool:
+def _still_registered(model: "TransformerBridge", hooks: list[tuple[str, object]]) -> bool:
     return all(
         any(getattr(handle, "user_hook", None) is fn for handle in model.hook_dict[name].fwd_hooks)
         for name, fn in hooks
@@ -217,7 +231,10 @@ def _still_registered(model, hooks: list[tuple[str, object]]) -> bool:
 
 @contextmanager
 def steering(
-    model, injections: Injection | Sequence[Injection], *, start: int | Sequence[int] | Tensor
+    model: "TransformerBridge",
+    injections: Injection | Sequence[Injection],
+    *,
+    start: int | Sequence[int] | Tensor,
 ) -> Iterator[None]:
     """Add the injections' vectors to the residual stream for every forward pass inside the context.
 
@@ -236,7 +253,8 @@ def steering(
 
     >>> import torch
     >>> from caa_lens.tiny import tiny_model
-    >>> from caa_lens.vectors import SteeringVector, make_provenance
+    >>> from caa_lens.vectors import SteeringVector
+    >>> from caa_lens.provenance import make_provenance
     >>> model = tiny_model()
     >>> prov = make_provenance(model, "resid_post", "answer", "caa", "doc", "0", 1, torch.float32)
     >>> vector = SteeringVector(torch.ones(1, 64), (1,), prov)
@@ -320,75 +338,3 @@ def _anchor(prompt: FormattedPrompt, mode: str) -> int:
         assert prompt.user_start is not None  # steer_start_columns refused the others
         return prompt.user_start
     return 0
-
-
-def _as_token_ids(model, item: str | FormattedPrompt | Sequence[int]) -> list[int]:
-    if isinstance(item, str):
-        return list(model.tokenizer(item).input_ids)  # the tokenizer's own BOS convention
-    if isinstance(item, FormattedPrompt):
-        return list(item.token_ids)
-    return [int(t) for t in item]
-
-
-def residual_norm(
-    model,
-    layer: int,
-    texts_or_token_ids: Sequence[str] | Sequence[FormattedPrompt] | Sequence[Sequence[int]],
-    site: str = "resid_post",
-    skip_first: bool = True,
-) -> float:
-    """Mean L2 norm of the residual stream at ``layer`` over all positions of reference texts.
-
-    The first token is skipped by default: its norm is an outlier (an attention sink) that would
-    dominate the mean. Texts longer than ``model.cfg.n_ctx`` are truncated. Run it outside any
-    steering context, or the norm includes the steering.
-    """
-    name = hook_name(model, layer, site)
-    sequences = [_as_token_ids(model, item) for item in texts_or_token_ids]
-    n_ctx = getattr(model.cfg, "n_ctx", None)
-    sequences = [s[:n_ctx] if n_ctx else s for s in sequences]
-    sequences = [s for s in sequences if len(s) > int(skip_first)]
-    if not sequences:
-        raise ValueError(
-            "no positions to measure: every reference text is empty (or one token with skip_first)"
-        )
-    ids, mask, offsets = left_pad(sequences, pad_token_id(model.tokenizer))
-    captured: list[Tensor] = []
-
-    def capture(resid: Float[Tensor, "batch pos d_model"], hook) -> None:
-        captured.append(resid.detach())
-
-    with torch.inference_mode(), model.hooks(fwd_hooks=[(name, capture)]):
-        model(
-            ids.to(model.cfg.device),
-            attention_mask=mask.to(model.cfg.device),
-            stop_at_layer=stop_layer_for((check_layer(model, layer),)),
-        )
-    norms = captured[0].double().norm(dim=-1).cpu()  # [batch, pos]
-    keep = mask.bool()
-    if skip_first:
-        keep[torch.arange(len(offsets)), torch.tensor(offsets)] = False
-    return float(norms[keep].mean())
-
-
-def multiplier_for_ratio(vector: SteeringVector, layer: int, ratio: float, reference_norm: float) -> float:
-    """The multiplier ``m`` with ``||m v|| = ratio * reference_norm`` (negative ratios flip the sign).
-
-    For a positional (ActAdd) vector ``||v||`` is the mean norm of its non-zero positions.
-
-    >>> import torch
-    >>> from caa_lens.vectors import Provenance
-    >>> prov = Provenance("m", "h", 2, 1, "resid_post", "last", "caa", "d", "0", 1, "float32")
-    >>> multiplier_for_ratio(SteeringVector(torch.tensor([[3.0, 4.0]]), (0,), prov), 0, 0.5, 10.0)
-    1.0
-    """
-    if not (math.isfinite(ratio) and math.isfinite(reference_norm)) or reference_norm <= 0:
-        raise ValueError(
-            f"ratio and reference_norm must be finite and reference_norm > 0, "
-            f"got {ratio} and {reference_norm}"
-        )
-    norms = vector.at(layer).double().reshape(-1, vector.at(layer).shape[-1]).norm(dim=-1)
-    norms = norms[norms > 0]
-    if norms.numel() == 0:
-        raise ValueError(f"the vector is zero at layer {layer}: no multiplier gives a non-zero norm")
-    return float(ratio * reference_norm / norms.mean())

@@ -26,14 +26,11 @@ file, and ``merge_results`` joins them, refusing mixed configurations, duplicate
 """
 
 import hashlib
-import json
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -42,7 +39,6 @@ from caa_lens.data import ContrastiveDataset
 from caa_lens.evaluation import (
     ScoringPrompt,
     SplitRule,
-    check_multipliers,
     check_scores_finite,
     encode_prefixes,
     item_hash,
@@ -50,68 +46,27 @@ from caa_lens.evaluation import (
     suffix_scores,
 )
 from caa_lens.hooks import check_layers
+from caa_lens.identity import model_identity
 from caa_lens.likelihood import (
     LikelihoodPrompt,
     encode_likelihood_prefixes,
     likelihood_prompts,
     likelihood_suffix_scores,
 )
-from caa_lens.models import model_identity
+from caa_lens.multipliers import check_multipliers
 from caa_lens.prompts import PromptStyle
-from caa_lens.stats import random_like
-from caa_lens.sweep_io import (
-    FORMAT,
-    METRICS,
-    NULL_PREFIX,
-    SweepConfigError,
-    SweepFileError,
-    SweepTable,
-    append_rows,
-    check_sweep_output,
-    effects_summary,
-    encode_line,
-    format_effects,
-    is_summary_csv,
-    is_sweep_file,
-    load_results,
-    lock_descriptor,
-    merge_results,
-    normalise_config,
-    parse_table,
-    place_locked,
-    row_key,
-    summarize,
-    verdicts,
-    warn_incomplete,
-)
+from caa_lens.sweep_controls import NULL_PREFIX, with_controls
+from caa_lens.sweep_io import FORMAT, METRICS, check_sweep_output, normalise_config
+from caa_lens.sweep_shards import check_shard, shard_units
+from caa_lens.sweep_writer import ResultsFile
 from caa_lens.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Metric = Literal["letter", "likelihood"]
 
-__all__ = [
-    "METRICS",
-    "Metric",
-    "SweepConfigError",
-    "SweepFileError",
-    "SweepRun",
-    "check_metric",
-    "check_multipliers",
-    "check_sweep_output",
-    "control_name",
-    "default_shard",
-    "effects_summary",
-    "format_effects",
-    "is_summary_csv",
-    "is_sweep_file",
-    "load_results",
-    "merge_results",
-    "parse_shard",
-    "run_sweep",
-    "shard_units",
-    "summarize",
-    "verdicts",
-    "with_controls",
-]
+__all__ = ["Metric", "SweepRun", "check_metric", "run_sweep"]
 
 
 @dataclass(frozen=True)
@@ -126,7 +81,7 @@ class SweepRun:
     rows_written: int
 
 
-def vector_hash(vector: SteeringVector, layers: Sequence[int]) -> str:
+def _vector_hash(vector: SteeringVector, layers: Sequence[int]) -> str:
     """SHA-256 (16 hex digits) of the directions at ``layers``, the content the sweep depends on."""
     data = torch.stack([vector.at(layer).float().contiguous() for layer in layers]).numpy().tobytes()
     return hashlib.sha256(data).hexdigest()[:16]
@@ -140,63 +95,11 @@ def _named_vectors(vectors: SteeringVector | Mapping[str, SteeringVector]) -> di
     return dict(vectors)
 
 
-def control_name(vector: str, seed: int) -> str:
-    """The name of ``vector``'s random control of seed ``seed``: ``random:<vector>:<seed>``.
-
-    ``caa_lens.stats.with_null`` reads this name to pair a control with the vector it controls.
-
-    >>> control_name("refusal", 2)
-    'random:refusal:2'
-    """
-    return f"{NULL_PREFIX}:{vector}:{seed}"
-
-
-def _is_null_name(name: str) -> bool:
-    return name == NULL_PREFIX or name.startswith(f"{NULL_PREFIX}:")
-
-
 def check_metric(metric: object) -> Metric:
     """``metric`` if it is one a sweep can score (``METRICS``), else a ValueError saying which are."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {', '.join(map(repr, METRICS))}, got {metric!r}")
     return metric  # type: ignore[return-value]
-
-
-def _check_count(value: object, option: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{option} must be a whole number >= 0, got {value!r}")
-    return value
-
-
-def with_controls(
-    vectors: Mapping[str, SteeringVector], controls: int, seed: int = 0
-) -> dict[str, SteeringVector]:
-    """``vectors`` followed by ``controls`` random vectors of the same per-layer norm for each of them.
-
-    The control of ``name`` with seed ``s`` (``seed <= s < seed + controls``) is
-    ``random_like(vectors[name], s)`` named ``control_name(name, s)``. Every vector gets the same seeds,
-    so two vectors' controls share their random directions, each scaled to its own vector's norms: their
-    null bands differ only through the norms, which keeps them comparable.
-
-    Raises:
-        ValueError: ``controls`` or ``seed`` is not a whole number >= 0, or (with controls) a given
-            vector's name is one the controls use (``random`` or ``random:...``).
-    """
-    _check_count(controls, "controls")
-    _check_count(seed, "control_seed")
-    named = dict(vectors)
-    if not controls:
-        return named
-    reserved = sorted(name for name in named if _is_null_name(name))
-    if reserved:
-        raise ValueError(
-            f"vector names {reserved} are reserved for random controls ({NULL_PREFIX}:<vector>:<seed>); "
-            f"rename those vectors, or sweep them with controls=0 if they are your own controls"
-        )
-    for name, vector in vectors.items():
-        for s in range(seed, seed + controls):
-            named[control_name(name, s)] = random_like(vector, s)
-    return named
 
 
 def _with_zero(values: tuple[float, ...]) -> tuple[float, ...]:
@@ -211,24 +114,8 @@ def _with_zero(values: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(sorted((*values, 0.0)))
 
 
-def _check_shard(shard: tuple[int, int]) -> tuple[int, int]:
-    index, count = (int(x) for x in shard)
-    if count < 1 or not 0 <= index < count:
-        raise ValueError(f"shard must be (i, n) with 0 <= i < n, got {shard}")
-    return index, count
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"2/8"`` -> ``(2, 8)`` (the command line's ``--shard i/n``)."""
-    try:
-        index, count = text.split("/")
-        return _check_shard((int(index), int(count)))
-    except ValueError as err:
-        raise ValueError(f"shard must look like i/n with 0 <= i < n, got {text!r}") from err
-
-
-def sweep_config(
-    model,
+def _sweep_config(
+    model: "TransformerBridge",
     dataset: ContrastiveDataset,
     vectors: Mapping[str, SteeringVector],
     layers: Sequence[int],
@@ -257,7 +144,7 @@ def sweep_config(
         "behaviour": dataset.name,
         "dataset_hash": dataset.content_hash,
         "n_items": len(dataset),
-        "vectors": {name: vector_hash(v, layers) for name, v in vectors.items()},
+        "vectors": {name: _vector_hash(v, layers) for name, v in vectors.items()},
         "layers": list(layers),
         "multipliers": list(multipliers),
         # batch_size fixes which questions share a padded batch, so a resumed group is bit-identical.
@@ -270,132 +157,8 @@ def sweep_config(
     }
 
 
-def _differences(header: dict, config: dict, shard: tuple[int, int]) -> list[str]:
-    """How a file's header differs from this sweep's configuration and shard (empty: the same sweep)."""
-    old = normalise_config(header.get("config", {}))
-    config = normalise_config(config)
-    differences = [
-        f"{key}: file has {old.get(key)!r}, this sweep has {config.get(key)!r}"
-        for key in sorted(set(old) | set(config))
-        if old.get(key) != config.get(key)
-    ]
-    if tuple(header.get("shard", ())) != shard:
-        differences.append(f"shard: file has {header.get('shard')}, this sweep has {list(shard)}")
-    return differences
-
-
-def shard_units(n_items: int, layers: Sequence[int], shard: tuple[int, int]) -> list[tuple[int, int]]:
-    """The (item, layer) units of one shard: a contiguous chunk of all units ordered by item then layer.
-
-    Contiguous chunks keep an item's layers together, so each shard encodes each prefix once.
-    """
-    index, count = _check_shard(shard)
-    units = [(item, layer) for item in range(n_items) for layer in layers]
-    return units[index * len(units) // count : (index + 1) * len(units) // count]
-
-
-class _ResultsFile:
-    """The results file of one ``run_sweep`` call; nothing is written to it until rows are ready.
-
-    Deferring every write to the first computed group means a call that fails before it (a bad
-    prompt, an out-of-memory error, a Ctrl-C) leaves the file exactly as it found it, or absent if it
-    was absent: no header-only file, no cut tail, no replaced header. Then:
-
-    - a new file is created holding the header and the first rows in one step (``place_locked``);
-    - a resumed file has its truncated last line cut, then rows appended;
-    - a header-only file of another configuration (no results to lose, and caa_lens's own) is
-      replaced in one step by the new header and the first rows.
-
-    The file is locked from the moment it is read (or created) until the call ends.
-    """
-
-    def __init__(self, path: Path, header: dict, done: set) -> None:
-        self.path, self.header, self.done = path, encode_line(header), done
-        self.handle: int | None = None  # the descriptor holding the lock
-        self.cut: int | None = None  # length to cut the file to before the first append
-        self.replace = False  # a header-only file of another sweep: replaced at the first write
-
-    def __enter__(self) -> "_ResultsFile":
-        if not self.path.exists():
-            return self
-        self.handle = os.open(self.path, os.O_RDWR)
-        try:
-            lock_descriptor(self.handle, self.path)
-            table = parse_table(self.path)  # checked whole before anything is changed
-            if table is None:
-                raise SweepFileError(
-                    f"{self.path} is empty, not a results table caa_lens wrote; refusing to write into it "
-                    f"(choose another output path, or remove the empty file)"
-                )
-            self._adopt(table)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def _adopt(self, table: SweepTable) -> None:
-        header = json.loads(self.header)
-        differences = _differences(table.header, header["config"], tuple(header["shard"]))
-        if differences and table.rows:
-            raise SweepConfigError(
-                f"{self.path} holds results of a different sweep; refusing to resume it ("
-                + "; ".join(differences)
-                + "). Use another output file, or delete this one to start over."
-            )
-        if differences:
-            warnings.warn(
-                f"{self.path} holds only the header of a different sweep (no results); its header will be "
-                f"replaced by this sweep's (" + "; ".join(differences) + ")",
-                stacklevel=4,
-            )
-            self.replace = True
-            return
-        self.done.update(row_key(row) for row in table.rows)
-        if table.tail_bytes:
-            warn_incomplete(self.path, table, "it is cut off before new rows are appended")
-            self.cut = table.complete_bytes
-
-    def append(self, rows: Sequence[dict]) -> None:
-        payload = b"".join(encode_line(row) for row in rows)  # encoded (and checked) before any write
-        if self.handle is None:
-            try:
-                self.handle = place_locked(self.path, self.header + payload, replace=False)
-            except FileExistsError as err:
-                raise SweepFileError(
-                    f"{self.path} was created by another process while this sweep computed; rerun to "
-                    f"resume that file"
-                ) from err
-        elif self.replace:
-            old = self.handle
-            self.handle = place_locked(self.path, self.header + payload, replace=True)
-            os.close(old)  # the lock moves to the new file, which was locked before it appeared
-            self.replace = False
-        else:
-            if self.cut is not None:
-                os.ftruncate(self.handle, self.cut)
-                os.fsync(self.handle)
-                self.cut = None
-            append_rows(self.path, rows)  # looked up here, so tests/helpers/sweep_worker.py can slow it
-        self.done.update(row_key(row) for row in rows)
-
-    def finish(self) -> None:
-        """After a successful run: the file exists with this sweep's header even if no row was due."""
-        if self.handle is None or self.replace or self.cut is not None:
-            self.append([])
-
-    def close(self) -> None:
-        if self.handle is not None:
-            os.close(self.handle)  # releases the lock
-            self.handle = None
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
-    ) -> None:
-        self.close()
-
-
 def run_sweep(
-    model,
+    model: "TransformerBridge",
     dataset: ContrastiveDataset,
     vectors: SteeringVector | Mapping[str, SteeringVector],
     layers: Sequence[int],
@@ -458,7 +221,7 @@ def run_sweep(
     values = _with_zero(check_multipliers(multipliers, {n: v.select(chosen) for n, v in given.items()}))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    shard = _check_shard(shard)
+    shard = check_shard(shard)
     named = with_controls(given, controls, control_seed)
     # Every length is checked (and, for likelihood, every answer text located) before any pass.
     prompts: list[ScoringPrompt] | list[LikelihoodPrompt] = (
@@ -466,7 +229,7 @@ def run_sweep(
         if metric == "letter"
         else likelihood_prompts(model.tokenizer, dataset, system, style, model)
     )
-    config = sweep_config(
+    config = _sweep_config(
         model,
         dataset,
         named,
@@ -482,21 +245,21 @@ def run_sweep(
     )
     units = shard_units(len(dataset), chosen, shard)
     done: set = set()
-    with _ResultsFile(path, {"format": FORMAT, "config": config, "shard": list(shard)}, done) as table:
+    with ResultsFile(path, {"format": FORMAT, "config": config, "shard": list(shard)}, done) as table:
         run = _compute(model, dataset, prompts, named, values, units, config, table, shard, progress)
         table.finish()
     return run
 
 
 def _compute(
-    model,
+    model: "TransformerBridge",
     dataset: ContrastiveDataset,
     prompts: list[ScoringPrompt] | list[LikelihoodPrompt],
     named: dict[str, SteeringVector],
     values: tuple[float, ...],
     units: list[tuple[int, int]],
     config: dict,
-    table: _ResultsFile,
+    table: ResultsFile,
     shard: tuple[int, int],
     progress: bool,
 ) -> SweepRun:
@@ -587,12 +350,3 @@ def _row(config, label, hash_, name, multiplier, layer, item, score) -> dict:
         "dataset_hash": config["dataset_hash"],
         "model": config["model"],
     }
-
-
-def default_shard() -> tuple[int, int]:
-    """The shard of a SLURM array task (its index from ``SLURM_ARRAY_TASK_MIN``), else ``(0, 1)``."""
-    env = os.environ
-    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        index = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
-        return _check_shard((index, int(env["SLURM_ARRAY_TASK_COUNT"])))
-    return (0, 1)

@@ -14,47 +14,50 @@ infinite (``encode_line`` refuses them), since strict JSON readers reject such f
 import json
 import math
 import os
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
+from caa_lens.files import atomic_write_bytes
 from caa_lens.outputs import check_output_file
-from caa_lens.stats import effects_table, with_null
+from caa_lens.sweep_shards import shard_unit_count
+
+__all__ = [
+    "CONFIG_FIELDS",
+    "DEFAULT_METRIC",
+    "FORMAT",
+    "FORMAT_FAMILY",
+    "KEY_COLUMNS",
+    "METRICS",
+    "REQUIRED_FIELDS",
+    "SweepConfigError",
+    "SweepFileError",
+    "SweepTable",
+    "append_rows",
+    "atomic_write_lines",
+    "check_sweep_output",
+    "encode_line",
+    "first_line",
+    "is_sweep_file",
+    "load_results",
+    "merge_results",
+    "normalise_config",
+    "parse_table",
+    "read_table",
+    "row_key",
+    "warn_incomplete",
+]
 
 FORMAT = "caa_lens.sweep/1"
 FORMAT_FAMILY = "caa_lens.sweep/"  # any version of the format: a file caa_lens wrote
 KEY_COLUMNS = ("vector", "layer", "multiplier", "item_index")
-# ``summarize``'s columns (the summary CSV of caa_lens before effects had intervals).
-SUMMARY_COLUMNS = ("vector", "layer", "multiplier", "p_matching", "sem", "p_letters_sum", "n_items")
-# ``effects_summary``'s columns: these, then four per matching label X (``LETTER_COLUMNS``), then
-# ``letter_pattern``.
-EFFECT_COLUMNS = (
-    "vector",
-    "layer",
-    "multiplier",
-    "p_matching",
-    "p_letters_sum",
-    "n_items",
-    "effect",
-    "effect_low",
-    "effect_high",
-    "null_low",
-    "null_high",
-    "n_null",
-    "vs_null",
-)
-LETTER_COLUMNS = ("effect_{}", "effect_{}_low", "effect_{}_high", "n_{}")
 # The metrics a sweep can score (``caa_lens.sweep.run_sweep``); a header without ``metric`` was written
 # before the likelihood metric existed, so it is ``letter``.
 METRICS = ("letter", "likelihood")
 DEFAULT_METRIC = "letter"
-NULL_PREFIX = "random"  # controls are named random:<vector>:<seed> (caa_lens.stats.with_null's rule)
-NO_CONTROLS = "no controls"  # vs_null of a cell without random controls to compare with
 CONFIG_FIELDS = ("vectors", "layers", "multipliers", "n_items")  # what merging and row counts read
 # A header is a few kB; a first "line" longer than this is not one, and reading it whole (a large
 # file with no newline) would only cost memory.
@@ -140,7 +143,7 @@ def encode_line(record: dict) -> bytes:
     return (text + "\n").encode()
 
 
-def _first_line(path: Path) -> bytes | None:
+def first_line(path: Path) -> bytes | None:
     """The first line of ``path`` with its newline, or None when there is no complete one."""
     with open(path, "rb") as handle:
         line = handle.readline(_HEADER_LIMIT)
@@ -165,7 +168,7 @@ def is_sweep_file(path: str | Path) -> bool:
     if not path.is_file():
         return False
     try:
-        line = _first_line(path)
+        line = first_line(path)
         return line is not None and _is_header(json.loads(line))
     except (OSError, ValueError):  # ValueError covers JSON and UTF-8 decoding errors
         return False
@@ -181,40 +184,6 @@ def check_sweep_output(path: str | Path) -> Path:
         OutputError: naming the path and what to do.
     """
     return check_output_file(path, "sweep results table", is_sweep_file)
-
-
-def _is_effects_header(names: list[str]) -> bool:
-    """``EFFECT_COLUMNS``, then whole groups of ``LETTER_COLUMNS`` for one label each, then letter_pattern."""
-    base, letters = len(EFFECT_COLUMNS), names[len(EFFECT_COLUMNS) : -1]
-    if tuple(names[:base]) != EFFECT_COLUMNS or names[-1:] != ["letter_pattern"] or len(letters) % 4:
-        return False
-    for start in range(0, len(letters), 4):
-        group = letters[start : start + 4]
-        label = group[0].removeprefix("effect_")
-        if not label or [c.format(label) for c in LETTER_COLUMNS] != group:
-            return False
-    return True
-
-
-def is_summary_csv(path: str | Path) -> bool:
-    """Whether ``path`` is a summary CSV caa_lens wrote: its first line is exactly the header of
-    ``effects_summary`` (any matching labels) or of the older ``summarize``.
-
-    Decides whether ``sweep summary --csv`` may replace an existing file, so it is strict: one column
-    more, less or renamed, and the file is not ours.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return False
-    try:
-        line = _first_line(path)
-        text = line.decode() if line is not None else None
-    except (OSError, UnicodeDecodeError):
-        return False
-    if text is None:
-        return False
-    names = text.rstrip("\r\n").split(",")
-    return names == list(SUMMARY_COLUMNS) or _is_effects_header(names)
 
 
 def _check_row(path: Path, number: int, row: object) -> dict:
@@ -327,18 +296,18 @@ def read_table(path: Path, repair: bool = False) -> tuple[dict | None, list[dict
     if table.tail_bytes:
         warn_incomplete(path, table, "cutting it off" if repair else "ignoring it")
         if repair:
-            truncate(path, table.complete_bytes)
+            _truncate(path, table.complete_bytes)
     return table.header, list(table.rows)
 
 
-def truncate(path: Path, size: int) -> None:
+def _truncate(path: Path, size: int) -> None:
     with open(path, "r+b") as handle:
         handle.truncate(size)
         handle.flush()
         os.fsync(handle.fileno())
 
 
-def append_bytes(path: Path, payload: bytes) -> None:
+def _append_bytes(path: Path, payload: bytes) -> None:
     """Append whole encoded lines in one write, flushed and fsynced: a kill can only cut the last one."""
     with open(path, "ab") as handle:
         handle.write(payload)
@@ -348,74 +317,12 @@ def append_bytes(path: Path, payload: bytes) -> None:
 
 def append_rows(path: Path, rows: Sequence[dict]) -> None:
     if rows:
-        append_bytes(path, b"".join(encode_line(row) for row in rows))  # encoded before the file is touched
+        _append_bytes(path, b"".join(encode_line(row) for row in rows))  # encoded before the file is touched
 
 
 def atomic_write_lines(path: Path, records: Sequence[dict]) -> None:
     """Write a whole table at once: to a temporary file, fsynced, then renamed over ``path``."""
-    from caa_lens.files import atomic_write_bytes
-
     atomic_write_bytes(Path(path), b"".join(encode_line(record) for record in records))
-
-
-def lock_descriptor(handle: int, path: Path) -> None:
-    """Take the exclusive advisory lock on an open file, or raise if another process holds it."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no locking, documented limitation
-        return
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError as err:
-        raise SweepFileError(f"{path} is being written by another process (it holds the lock)") from err
-
-
-def _write_all(handle: int, payload: bytes) -> None:
-    view = memoryview(payload)
-    while view:
-        view = view[os.write(handle, view) :]
-    os.fsync(handle)
-
-
-def place_locked(path: Path, payload: bytes, replace: bool) -> int:
-    """Put a file holding ``payload`` at ``path`` in one step, already locked; return the locked descriptor.
-
-    The content goes to a temporary file that is fsynced and locked *before* it appears at ``path``,
-    so no reader ever sees a partial header and no other writer can lock the new file first. Closing
-    the returned descriptor releases the lock (the kernel does so if the process dies).
-
-    Args:
-        replace: replace the file at ``path`` (``os.replace``); otherwise ``path`` must not exist
-            (``os.link`` fails if it does: a file that appeared meanwhile is never overwritten).
-
-    Raises:
-        FileExistsError: ``replace`` is false and ``path`` exists.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    handle = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        _write_all(handle, payload)
-        lock_descriptor(handle, temporary)
-        if replace:
-            os.replace(temporary, path)
-        else:
-            try:
-                os.link(temporary, path)
-            except FileExistsError:
-                raise
-            except OSError:  # a filesystem without hard links: exclusive create, then one write
-                fallback = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
-                os.close(handle)
-                handle = fallback
-                lock_descriptor(handle, path)
-                _write_all(handle, payload)
-    except BaseException:
-        os.close(handle)
-        raise
-    finally:
-        temporary.unlink(missing_ok=True)  # after os.link the data lives on at path
-    return handle
 
 
 def _frame(rows: Sequence[dict]) -> pd.DataFrame:
@@ -423,14 +330,6 @@ def _frame(rows: Sequence[dict]) -> pd.DataFrame:
     if frame.empty:
         return frame
     return frame.sort_values(list(KEY_COLUMNS), kind="stable").reset_index(drop=True)
-
-
-def shard_unit_count(header: dict) -> int:
-    """How many (item, layer) units the shard of a header owns (``sweep.shard_units``'s chunk size)."""
-    config = header["config"]
-    total = int(config["n_items"]) * len(config["layers"])
-    index, count = header["shard"]
-    return (index + 1) * total // count - index * total // count
 
 
 def _no_rows(path: Path, header: dict) -> SweepFileError:
@@ -505,187 +404,3 @@ def merge_results(
         header = {"format": FORMAT, "config": config, "shard": [0, 1]}
         atomic_write_lines(target, [header, *frame.to_dict("records")])
     return frame
-
-
-def summarize(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean behaviour probability (and its standard error) per vector x layer x multiplier."""
-    lacking = [
-        c
-        for c in ("vector", "layer", "multiplier", "item_index", "p_matching", "p_letters_sum")
-        if c not in results.columns
-    ]
-    if results.empty or lacking:
-        raise ValueError(
-            f"nothing to summarize: the results table has {len(results)} rows"
-            + (f" and lacks the columns {lacking}" if lacking else "")
-            + " (load it with load_results, which names a results file with no rows yet)"
-        )
-    grouped = results.groupby(["vector", "layer", "multiplier"], sort=True)
-    summary = grouped.agg(
-        p_matching=("p_matching", "mean"),
-        sem=("p_matching", "sem"),
-        p_letters_sum=("p_letters_sum", "mean"),
-        n_items=("item_index", "count"),
-    )
-    return summary.reset_index()[list(SUMMARY_COLUMNS)]
-
-
-def _null_target(name: str) -> str | None:
-    """The vector a control controls: ``random:<vector>:<seed>`` -> vector, ``random[:<seed>]`` -> "*"."""
-    if name != NULL_PREFIX and not name.startswith(f"{NULL_PREFIX}:"):
-        return None
-    parts = name[len(NULL_PREFIX) + 1 :].rsplit(":", 1)
-    return parts[0] if len(parts) == 2 else "*"
-
-
-def _attach_null(effects: pd.DataFrame, coverage: float) -> pd.DataFrame:
-    """The tested rows of an effects table with their null band, or ``NO_CONTROLS`` where none exists.
-
-    ``with_null`` needs null rows at every cell it is given; a sweep without controls, a vector swept
-    without them, or an unfinished sweep has cells without, which are reported as such, not refused.
-    """
-    targets = effects["vector"].astype(str).map(_null_target)
-    nulls, tested = effects[targets.notna()], effects[targets.isna()]
-    if tested.empty:
-        raise ValueError(
-            f"the results hold only random controls ({NULL_PREFIX}:...), no vector to compare with them"
-        )
-    covered = set(zip(targets[nulls.index], nulls["layer"], nulls["multiplier"], strict=True))
-    has = [
-        (v, layer, m) in covered or ("*", layer, m) in covered
-        for v, layer, m in zip(tested["vector"], tested["layer"], tested["multiplier"], strict=True)
-    ]
-    compared, rest = tested[has], tested[[not h for h in has]]
-    parts = [rest.assign(null_low=np.nan, null_high=np.nan, n_null=0, vs_null=NO_CONTROLS)]
-    if not compared.empty:
-        relevant = nulls[targets[nulls.index].isin({*compared["vector"], "*"})]
-        parts.append(with_null(pd.concat([compared, relevant]), NULL_PREFIX, coverage))
-    table = pd.concat([p for p in parts if not p.empty], ignore_index=True)
-    return table.astype({"n_null": int})
-
-
-def effects_summary(
-    results: pd.DataFrame, n_resamples: int = 4000, seed: int = 0, coverage: float = 0.95
-) -> pd.DataFrame:
-    """The report of a sweep: per (vector, layer, multiplier), the paired effect against multiplier 0
-    with its bootstrap interval and n, the null band of the random controls, and the per-letter split.
-
-    Columns (``EFFECT_COLUMNS``): vector, layer, multiplier, p_matching and p_letters_sum (means),
-    n_items, effect, effect_low, effect_high (``caa_lens.stats.effects_table``: mean over items of
-    p_steered - p_unsteered, 95% percentile bootstrap over items, seeded), null_low, null_high, n_null,
-    vs_null (``caa_lens.stats.with_null``: the central ``coverage`` range of the controls' effects at
-    the same layer and multiplier; ``"above null"``, ``"below null"``, ``"inside null"``, or
-    ``"no controls"`` where the sweep has none); then for each matching label X: effect_X,
-    effect_X_low, effect_X_high, n_X; and letter_pattern (``"opposite directions"``: a letter push).
-    The controls' own rows are left out: they are the band.
-
-    Raises:
-        ValueError: the table is empty, lacks a column, or a cell has no multiplier-0 rows to pair with
-            (sweep multiplier 0: ``run_sweep`` adds it).
-    """
-    lacking = [
-        c for c in (*KEY_COLUMNS, "matching_label", "p_matching", "p_letters_sum") if c not in results.columns
-    ]
-    if results.empty or lacking:
-        raise ValueError(
-            f"nothing to summarize: the results table has {len(results)} rows"
-            + (f" and lacks the columns {lacking}" if lacking else "")
-            + " (load it with load_results, which names a results file with no rows yet)"
-        )
-    effects = effects_table(results, n_resamples=n_resamples, seed=seed)
-    sums = results.groupby(["vector", "layer", "multiplier"], sort=True)["p_letters_sum"].mean()
-    effects = effects.merge(sums.reset_index(), on=["vector", "layer", "multiplier"], how="left")
-    table = _attach_null(effects, coverage)
-    labels = sorted(str(label) for label in results["matching_label"].unique())
-    letters = [column.format(label) for label in labels for column in LETTER_COLUMNS]
-    for column in letters:
-        if column not in table:  # a label absent from every tested cell (only in the controls' rows)
-            table[column] = 0 if column.startswith("n_") else np.nan
-    table = table[[*EFFECT_COLUMNS, *letters, "letter_pattern"]]
-    return table.sort_values(["vector", "layer", "multiplier"], kind="stable").reset_index(drop=True)
-
-
-def _interval(mean: float, low: float, high: float) -> str:
-    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]" if np.isfinite(low) else f"{mean:+.3f}"
-
-
-def format_effects(summary: pd.DataFrame) -> str:
-    """``effects_summary`` as a compact text table: steered cells only (multiplier 0 is the baseline
-    each effect is paired with; its mean p(matching) heads each vector's rows)."""
-    labels = [c.removeprefix("n_") for c in summary.columns[len(EFFECT_COLUMNS) : -1] if c.startswith("n_")]
-    blocks = []
-    for name, rows in summary.groupby("vector", sort=True):
-        base = rows[rows["multiplier"] == 0]
-        head = f"{name}: unsteered p(matching) {base['p_matching'].mean():.3f}" if len(base) else f"{name}:"
-        steered = rows[rows["multiplier"] != 0]
-        if steered.empty:
-            blocks.append(head + " (no steered cells)")
-            continue
-        shown = {
-            "layer": steered["layer"].astype(int),
-            "m": steered["multiplier"].map(lambda m: f"{m:+g}"),
-            "p": steered["p_matching"].map(lambda p: f"{p:.3f}"),
-            "n": steered["n_items"].astype(int),
-            "effect [95% CI]": [
-                _interval(*values)
-                for values in steered[["effect", "effect_low", "effect_high"]].itertuples(index=False)
-            ],
-            "null band": [
-                f"[{low:+.3f}, {high:+.3f}]" if np.isfinite(low) else "-"
-                for low, high in steered[["null_low", "null_high"]].itertuples(index=False)
-            ],
-            "vs null": steered["vs_null"],
-        }
-        for label in labels:
-            columns = [f"effect_{label}", f"effect_{label}_low", f"effect_{label}_high"]
-            shown[f"{label}-matching"] = [
-                _interval(*values) if np.isfinite(values[0]) else "-"
-                for values in steered[columns].itertuples(index=False)
-            ]
-        shown["letters"] = steered["letter_pattern"]
-        blocks.append(head + "\n" + pd.DataFrame(shown).to_string(index=False))
-    return "\n\n".join(blocks)
-
-
-def verdicts(summary: pd.DataFrame) -> list[str]:
-    """One line per vector of an ``effects_summary``: the steered cells whose interval excludes zero and
-    lies outside the null band, or that no cell is distinguishable from the null."""
-    lines = []
-    for name, rows in summary.groupby("vector", sort=True):
-        steered = rows[rows["multiplier"] != 0]
-        excludes = (steered["effect_low"] > 0) | (steered["effect_high"] < 0)
-        controlled = steered["vs_null"] != NO_CONTROLS
-        if not controlled.any():
-            lines.append(
-                f"{name}: no random controls in these results, so no null band; {int(excludes.sum())} of "
-                f"{len(steered)} steered cells have an interval excluding 0, which a random push of the same "
-                f"size might match (rerun the sweep with controls, e.g. --controls 3)"
-            )
-            continue
-        found = steered[excludes & steered["vs_null"].isin(["above null", "below null"])]
-        if found.empty:
-            lines.append(
-                f"{name}: no cell is distinguishable from the null (every steered cell's interval includes "
-                f"0 or overlaps the band of random vectors of the same norm)"
-            )
-            continue
-        found = found.reindex(found["effect"].abs().sort_values(ascending=False).index)
-        cells = [
-            f"layer {int(r.layer)} m={r.multiplier:+g} {_interval(r.effect, r.effect_low, r.effect_high)} "
-            f"{r.vs_null}" + (" (letter push)" if r.letter_pattern == "opposite directions" else "")
-            for r in found.head(6).itertuples()
-        ]
-        more = f"; and {len(found) - 6} more" if len(found) > 6 else ""
-        letter = int((found["letter_pattern"] == "opposite directions").sum())
-        note = (
-            f" ({letter} of them move items of different matching letters in opposite directions: a letter push)"
-            if letter
-            else ""
-        )
-        missing = int((~controlled).sum())
-        unchecked = f"; {missing} cells have no controls" if missing else ""
-        lines.append(
-            f"{name}: {len(found)} of {len(steered)} steered cells are distinguishable from the null"
-            f"{note}: " + "; ".join(cells) + more + unchecked
-        )
-    return lines

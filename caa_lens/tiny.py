@@ -11,6 +11,15 @@ import tempfile
 
 import torch
 
+__all__ = [
+    "LLAMA2_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "TINY_MODEL_NAME",
+    "tiny_hf_model",
+    "tiny_model",
+    "tiny_tokenizer",
+]
+
 TINY_MODEL_NAME = "caa-lens-tiny-llama"
 
 # Special tokens of the template families the prompt formatter is tested on (ChatML, Llama-2,

@@ -7,7 +7,7 @@ at the read site is reported apart, in ``injected`` (``m * <v_inj, v> / ||v||`` 
 injection adds at that layer and site, 0 elsewhere), so the two are never confused: reading inside
 the steering context would show ``resid + m * v`` at steered tokens, ``m * ||v||`` above the model's
 own value by construction. Renderers: ``show`` (inline in Jupyter), ``render_html`` / ``save_html``
-(offline HTML), ``plot_projection`` (static matplotlib).
+(offline HTML); the static matplotlib figure is ``analysis.plots.plot_projection``.
 """
 
 import html
@@ -15,15 +15,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from circuitsvis.tokens import colored_tokens
 from circuitsvis.utils.render import RenderedHTML
 from jaxtyping import Bool, Float
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.colors import TwoSlopeNorm
-from matplotlib.figure import Figure
 from torch import Tensor
 
 from caa_lens.files import atomic_write_bytes
@@ -33,6 +30,20 @@ from caa_lens.outputs import check_output_file
 from caa_lens.prompts import FormattedPrompt, format_prompt
 from caa_lens.steering import Injection, front_rows, steer_start_columns
 from caa_lens.vectors import SteeringVector
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+__all__ = [
+    "VIEW_MARKER",
+    "TokenProjection",
+    "colour_limit",
+    "is_token_view_page",
+    "render_html",
+    "save_html",
+    "show",
+    "token_projections",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,7 +96,7 @@ class TokenProjection:
         return int(where[0, 0]) if len(where) else None
 
 
-def _as_prompt(model, prompt: str | FormattedPrompt | Sequence[int]) -> FormattedPrompt:
+def _as_prompt(model: "TransformerBridge", prompt: str | FormattedPrompt | Sequence[int]) -> FormattedPrompt:
     if isinstance(prompt, FormattedPrompt):
         return prompt
     if isinstance(prompt, str):
@@ -100,7 +111,9 @@ def _as_prompt(model, prompt: str | FormattedPrompt | Sequence[int]) -> Formatte
     return FormattedPrompt(ids, model.tokenizer.decode(list(ids)), len(ids) - 1, None, user_start)
 
 
-def _injection_mask(model, injection: Injection, prompt: FormattedPrompt, length: int) -> Tensor:
+def _injection_mask(
+    model: "TransformerBridge", injection: Injection, prompt: FormattedPrompt, length: int
+) -> Tensor:
     """Positions one injection adds to (the rules of ``caa_lens.steering``, batch of one)."""
     positions = torch.arange(length)
     if injection.mode == "all":
@@ -130,7 +143,7 @@ def _one_multiplier(injection: Injection) -> float:
 
 
 def _injected(
-    model,
+    model: "TransformerBridge",
     injections: tuple[Injection, ...],
     prompt: FormattedPrompt,
     length: int,
@@ -155,7 +168,7 @@ def _injected(
 
 
 def token_projections(
-    model,
+    model: "TransformerBridge",
     prompt: str | FormattedPrompt | Sequence[int],
     vector: SteeringVector,
     layer: int,
@@ -190,7 +203,8 @@ def token_projections(
         seed: the sampling seed.
 
     >>> from caa_lens.tiny import tiny_model
-    >>> from caa_lens.vectors import SteeringVector, make_provenance
+    >>> from caa_lens.vectors import SteeringVector
+    >>> from caa_lens.provenance import make_provenance
     >>> model = tiny_model()
     >>> prov = make_provenance(model, "resid_post", "answer", "caa", "doc", "0", 1, torch.float32)
     >>> v = SteeringVector(torch.ones(1, 64), (1,), prov)
@@ -235,7 +249,8 @@ def token_projections(
     return TokenProjection(tokens, ids, dots, cosines, len(formatted), steered, layer, site, norm, injected)
 
 
-def _colour_limit(values: Tensor) -> float:
+def colour_limit(values: Tensor) -> float:
+    """The symmetric colour range of a view: the largest |value| past the first token."""
     # All tokens but the first: an attention sink, it can be 100x the rest and wash every token out.
     rest = values[1:] if len(values) > 1 else values
     return float(rest.abs().max().clamp_min(1e-6))
@@ -256,7 +271,7 @@ def _injected_note(p: TokenProjection) -> str:
 
 def show(projection: TokenProjection) -> RenderedHTML:
     """The view as a circuitsvis ``RenderedHTML`` (displays inline in Jupyter), offline in both sources."""
-    p, limit = projection, _colour_limit(projection.projections)
+    p, limit = projection, colour_limit(projection.projections)
     # Tokens travel as JSON inside an inline <script>: "</script" or "<!--" in a token would end or
     # derail it. A zero-width space keeps the text looking the same while breaking the sequence.
     tokens = [t.replace("</", "<\u200b/").replace("<!--", "<\u200b!--") for t in p.tokens]
@@ -291,60 +306,3 @@ def is_token_view_page(path: str | Path) -> bool:
     """True for an HTML page ``save_html`` wrote."""
     with open(path, "rb") as handle:
         return handle.read(200).startswith(f"<!DOCTYPE html>\n{VIEW_MARKER}\n".encode())
-
-
-def plot_projection(projection: TokenProjection, ax: Axes | None = None) -> Figure:
-    """A static figure: one bar per token coloured by the projection of the model's own residual.
-
-    What the steering adds at this layer and site is drawn apart, as a hatched outline stacked on
-    each steered bar (``injected``), so the filled bars never include it. Generation and the start
-    of steering are marked. The y range ignores the first token (an outlier bar is clipped and
-    labelled). In a notebook the returned figure is shown once, as the cell's value.
-    """
-    p, values, injected = projection, projection.projections.numpy(), projection.injected.numpy()
-    n = len(values)
-    if ax is None:
-        import matplotlib.pyplot as plt  # pyplot sets up Jupyter's display of Figure objects
-
-        fig = plt.figure(figsize=(min(max(0.22 * n + 2, 6), 40), 3.6), layout="constrained")
-        plt.close(fig)  # out of pyplot's registry: not shown a second time at cell end, no leak in loops
-        ax = fig.add_subplot()
-    norm = TwoSlopeNorm(0.0, -_colour_limit(p.projections), _colour_limit(p.projections))
-    ax.bar(range(n), values, color=[colormaps["RdBu_r"](norm(x)) for x in values])
-    shown = [values[1:]]
-    if (injected != 0).any():
-        at = injected.nonzero()[0]
-        ax.bar(
-            at,
-            injected[at],
-            bottom=values[at],
-            fill=False,
-            edgecolor="0.2",
-            hatch="///",
-            lw=0.6,
-            label="injected (m v·v/||v||)",
-        )
-        shown.append((values + injected)[1:])
-    low = min(0.0, *(float(x.min(initial=0)) for x in shown))
-    high = max(0.0, *(float(x.max(initial=0)) for x in shown))
-    pad = 0.1 * (high - low or 1.0)
-    ax.set_ylim(low - pad, high + pad)
-    if n and not low - pad <= values[0] <= high + pad:
-        at_first = high if values[0] > 0 else low
-        ax.annotate(f"{values[0]:.3g}", (0, at_first), ha="left", fontsize=7, bbox={"fc": "white", "lw": 0})
-    if p.n_prompt < n:
-        ax.axvspan(p.n_prompt - 0.5, n - 0.5, color="0.9", zorder=0, label="generated")
-    if p.steer_start is not None:
-        ax.axvline(p.steer_start - 0.5, color="tab:orange", ls="--", lw=1.5, label="steering starts")
-    ax.axhline(0, color="0.5", lw=0.5)
-    # Whitespace made visible; "$" escaped so matplotlib does not read "$...$" as mathtext.
-    labels = [t.replace("\n", "\\n").replace(" ", "\u00b7").replace("$", r"\$") or "∅" for t in p.tokens]
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=7)
-    ax.set_xlim(-0.6, n - 0.4)
-    ax.set_ylabel("own <resid, v> / ||v||")
-    ax.set_title(
-        f"Model's own residual (read unsteered) projected on the steering vector, layer {p.layer} ({p.site})"
-    )
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left", fontsize=7)
-    return ax.figure.figure  # type: ignore[return-value]  # the root figure, even from a subfigure

@@ -25,9 +25,9 @@ def tiny():
 @pytest.fixture(scope="session")
 def default_model():
     """The real SmolLM2-135M-Instruct bridge (fetched into the cache on first use)."""
-    from caa_lens.models import load_model
+    from caa_lens.models import DEFAULT_MODEL, load_model
 
-    return load_model("smollm2-135m-instruct", device="cpu")
+    return load_model(DEFAULT_MODEL, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,6 @@
 """The behaviour study: picked on selection prompts, reported on held-out ones with a null; a planted
 behaviour passes, a random direction of the same norm does not."""
 
-import pandas as pd
 import pytest
 import torch
 
@@ -9,15 +8,15 @@ from analysis.behaviour_study import (
     BehaviourSpec,
     StudyConfig,
     behaviour_study,
-    bundled_specs,
     headline_table,
     split_prompts,
 )
-from caa_lens.ood import OODPrompt, load_ood_prompts
+from caa_lens.ood import OODPrompt
 from caa_lens.open_ended import GenerationSettings
+from caa_lens.provenance import make_provenance
 from caa_lens.scorers import SentimentScorer, WordRateScorer
 from caa_lens.stats import random_like
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.vectors import SteeringVector
 
 PROMPTS = tuple(OODPrompt(f"p{i}", f"Question number {i}: what is {i} plus {i}?", "test") for i in range(15))
 SPEC = BehaviourSpec("the-topic", "the_rate", (WordRateScorer("the", ("the",)),), (0.5, 1.0))
@@ -85,20 +84,6 @@ def test_config_needs_controls_for_a_null():
         StudyConfig(layers=(1,), controls=1)
 
 
-@pytest.mark.parametrize("name", sorted(bundled_specs()))
-def test_every_bundled_spec_has_prompts_its_scorers_read(name):
-    from importlib import resources
-
-    source = "optimism" if name == "weddings" else name
-    prompts = load_ood_prompts(str(resources.files("caa_lens") / "data" / source / "open_ended.json"))
-    spec = bundled_specs()[name]
-    frame = pd.DataFrame(
-        {"prompt": [p.prompt for p in prompts[:3]], "completion": ["I'm sorry, hey wedding."] * 3}
-    )
-    for scorer in spec.scorers:
-        assert set(scorer.score(frame)) == set(scorer.columns)
-
-
 def test_the_selection_prompts_choose_between_candidate_vectors(tiny):
     candidates = {"random": random_like(planted_vector(tiny), seed=3), "planted": planted_vector(tiny)}
     study = behaviour_study(tiny, candidates, PROMPTS, SPEC, config(tiny))
@@ -106,13 +91,3 @@ def test_the_selection_prompts_choose_between_candidate_vectors(tiny):
     assert set(study.selection.vector) == {"random", "planted"}
     assert set(study.generations.vector) == {"planted"} | {f"random:planted:{s}" for s in (1000, 1001, 1002)}
     assert headline_table([study]).vector.tolist() == ["planted"]
-
-
-def test_reply_text_vectors_read_the_option_texts(tiny):
-    from analysis.behaviour_study import reply_text_vector
-    from caa_lens.data import load_bundled
-
-    data = load_bundled("refusal").select(range(6))
-    vector = reply_text_vector(tiny, data, [1, 2])
-    assert vector.layers == (1, 2)
-    assert vector.provenance.position_rule == "last" and vector.provenance.dataset.endswith(":text")

@@ -1,5 +1,7 @@
-"""analysis.letters: the letter part of CAA differences, on constructed activations with known parts."""
+"""analysis.letters: the letter part of CAA differences, on constructed activations with known parts;
+letter-balanced subsets and means; a sweep's effects split into a behaviour and a letter push."""
 
+import pandas as pd
 import pytest
 import torch
 from helpers.analysis_toy import activations_from, planted_examples, toy_dataset
@@ -7,9 +9,17 @@ from helpers.analysis_toy import activations_from, planted_examples, toy_dataset
 from analysis.letters import (
     balanced_indices,
     balanced_mean_difference,
+    balanced_subset,
+    first_letter_flags,
     letter_balanced_vector,
+    letter_codes,
     letter_counts,
     letter_decomposition,
+    letter_mean,
+    letter_mean_weights,
+    letter_split,
+    within_letter_centred,
+    without_letter,
 )
 from caa_lens.extraction import PairActivations
 
@@ -93,3 +103,79 @@ def test_letter_functions_use_the_stats_module_and_per_label_sums(tiny):
     assert flat.examples is None
     assert letter_decomposition(flat).table.shape[0] == 2
     assert balanced_mean_difference(flat).shape == (2, tiny.cfg.d_model)
+
+
+def test_balanced_indices_in_dataset_order_and_subsets():
+    data = toy_dataset(12)
+    chosen = balanced_indices(data, 4, seed=None)  # each letter's first two items
+    a_items = [i for i, item in enumerate(data) if item.matching_letter == "A"][:2]
+    b_items = [i for i, item in enumerate(data) if item.matching_letter == "B"][:2]
+    assert chosen == tuple(sorted(a_items + b_items))
+    subset = balanced_subset(data, 6, 1, ":b6")
+    assert letter_counts(subset) == {"A": 3, "B": 3} and subset.name.endswith(":b6")
+    assert list(subset.items) == [data[i] for i in balanced_indices(data, 6, 1)]
+
+
+def test_letter_mean_cancels_the_letter_and_its_weights_agree():
+    differences = torch.randn(7, 2, 5, generator=torch.Generator().manual_seed(0))
+    first = first_letter_flags(["A", "B", "A", "A", "B", "B", "A"])
+    assert first.tolist() == [True, False, True, True, False, False, True]
+    balanced = letter_mean(differences, first)
+    expected = (differences[first].double().mean(0) + differences[~first].double().mean(0)) / 2
+    torch.testing.assert_close(balanced, expected.float())
+    weights = letter_mean_weights(7, first)
+    torch.testing.assert_close(
+        (weights @ differences.double().reshape(7, -1)).reshape(2, 5).float(), balanced
+    )
+    # One letter only, or no flags: the plain mean.
+    torch.testing.assert_close(letter_mean(differences), differences.double().mean(0).float())
+    torch.testing.assert_close(
+        letter_mean(differences, torch.ones(7, dtype=torch.bool)), letter_mean(differences)
+    )
+    assert torch.equal(letter_mean_weights(4, None), torch.full((4,), 0.25, dtype=torch.float64))
+    # Without its letter part each difference's plain mean is the balanced mean, and the letter is gone.
+    flat = without_letter(differences.double().reshape(7, -1), first)
+    torch.testing.assert_close(flat.mean(0).reshape(2, 5).float(), balanced)
+    torch.testing.assert_close(flat[first].mean(0), flat[~first].mean(0))
+
+
+def test_within_letter_centring_takes_each_letter_mean_out():
+    x = torch.randn(6, 2, 3, generator=torch.Generator().manual_seed(1))
+    letters = ("B", "A", "B", "A", "A", "B")
+    assert letter_codes(letters).tolist() == [1, 0, 1, 0, 0, 1]
+    centred = within_letter_centred(x, letters)
+    for code in (0, 1):
+        rows = letter_codes(letters) == code
+        assert centred[rows].double().mean(0).abs().max() < 1e-6
+        torch.testing.assert_close(centred[rows], (x[rows].double() - x[rows].double().mean(0)).float())
+
+
+def sweep_results(letter_push: float, behaviour_push: float, n_per_letter: int = 6) -> pd.DataFrame:
+    """A sweep's per-item rows: a tested vector that moves A-matching items by behaviour + letter and
+    B-matching ones by behaviour - letter, and two random controls that barely move anything."""
+    jitter = [0.004 * ((k % 3) - 1) for k in range(2 * n_per_letter)]
+    rows = []
+    for vector, scale in (("v", 1.0), ("random:v:0", 0.05), ("random:v:1", -0.05)):
+        for k in range(2 * n_per_letter):
+            label = "A" if k < n_per_letter else "B"
+            sign = 1.0 if label == "A" else -1.0
+            moved = scale * (behaviour_push + sign * letter_push) + jitter[k]
+            for multiplier, p in ((0.0, 0.5), (1.0, 0.5 + moved)):
+                rows.append((vector, 3, multiplier, k, label, p))
+    return pd.DataFrame(
+        rows, columns=["vector", "layer", "multiplier", "item_index", "matching_label", "p_matching"]
+    )
+
+
+def test_letter_split_attributes_a_letter_push_to_the_letter():
+    split = letter_split(sweep_results(letter_push=0.2, behaviour_push=0.0), n_resamples=500)
+    (row,) = split.itertuples()
+    assert row.vector == "v" and (row.n_A, row.n_B) == (6, 6)
+    assert row.letter == pytest.approx(0.2) and abs(row.behaviour) < 0.01
+    assert row.letter_low <= row.letter <= row.letter_high
+    assert row.letter_vs_null == "above null" and row.behaviour_vs_null == "inside null"
+    assert row.letter_part_of_effect == 0  # 6 A and 6 B items: the letter cancels in the mean
+    behaviour = letter_split(sweep_results(letter_push=0.0, behaviour_push=0.2), n_resamples=500).iloc[0]
+    assert behaviour.behaviour == pytest.approx(0.2) and behaviour.behaviour_vs_null == "above null"
+    with pytest.raises(ValueError, match="two matching labels"):
+        letter_split(sweep_results(0.2, 0.0).assign(matching_label="A"))

@@ -6,11 +6,15 @@ import pytest
 import torch
 
 from analysis.interference import interference_matrix
-from analysis.norms import norm_profile, ratio_tradeoff
+from analysis.norms import norm_profile
 from analysis.pca import pca_projections, separability
-from analysis.reversal import ReversalConfig, reversal_search
-from analysis.scaling import sample_size_scaling, steering_effect_by_size, subset_vectors
-from analysis.similarity import layer_similarity, layer_transfer, mean_vs_pca
+from analysis.ratio_tradeoff import ratio_tradeoff
+from analysis.reversal import ReversalConfig
+from analysis.reversal_search import reversal_search
+from analysis.scaling import sample_size_scaling
+from analysis.similarity import layer_similarity, mean_vs_pca
+from analysis.size_effect import steering_effect_by_size, subset_vectors
+from analysis.transfer import layer_transfer
 from caa_lens.data import load_behaviour_dataset
 from caa_lens.extraction import extract_contrastive
 from caa_lens.methods import contrastive_vector, mean_difference_vector

@@ -5,14 +5,12 @@ call it, and the refusal script unpickled its activation cache with ``torch.load
 """
 
 import json
-import pickle
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from helpers.analysis_toy import toy_dataset
 
 import caa_lens.data
 from analysis.interference import Interference
@@ -116,8 +114,8 @@ def test_round_trip_of_a_result_with_tensors_dicts_and_nested_tuples(tmp_path):
 
 
 def test_registry_holds_every_result_type_the_main_job_saves():
-    """Every ``save_result(<call>(...))`` in analysis.pipeline saves a registered type."""
-    source = (REPO / "analysis" / "pipeline.py").read_text()
+    """Every ``save_result(<call>(...))`` in analysis.jobs.main saves a registered type."""
+    source = (REPO / "analysis" / "jobs" / "main.py").read_text()
     assert "save_result(" in source
     names = {name.rpartition(".")[2] for name in RESULT_TYPES}
     expected = {
@@ -201,50 +199,6 @@ def test_saving_an_unregistered_type_is_refused(tmp_path):
 # ---------------------------------------------------------------------------------------------- torch.load
 
 
-class _Payload:
-    """Unpickling this calls ``caa_lens.data.shuffled_indices(3, 0)``: code run by loading a file."""
-
-    def __reduce__(self):
-        return (caa_lens.data.shuffled_indices, (3, 0))
-
-
-def test_refusal_cache_refuses_a_pickle_that_runs_code(tmp_path, monkeypatch):
-    from analysis.run_refusal_analyses import _extraction
-
-    cache = tmp_path / "activations.pt"
-    torch.save({"dataset_hash": _Payload()}, cache)  # pickled before the recorder replaces the function
-    recorded: list[tuple] = []
-    monkeypatch.setattr(caa_lens.data, "shuffled_indices", lambda *args: recorded.append(args) or [0])
-    # What torch < 2.6 (or this setting) does when a call does not ask for weights_only itself.
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    try:
-        _extraction(None, toy_dataset(4), cache)
-    except Exception as err:  # any kind: asserted below, after the calls
-        error: Exception | None = err
-    else:
-        error = None
-    assert recorded == [], "loading the activation cache ran code from the pickle"
-    assert isinstance(error, pickle.UnpicklingError), repr(error)
-
-
-def test_refusal_cache_written_by_the_script_loads_in_weights_only_mode(tmp_path):
-    from analysis.run_refusal_analyses import _extraction
-
-    data = toy_dataset(4)
-    positive, negative = torch.randn(4, 2, 8), torch.randn(4, 2, 8)
-    torch.save(
-        {
-            "dataset_hash": data.content_hash, "layers": [0, 1], "positive": positive, "negative": negative,
-            "pos_labels": ("A", "B", "A", "B"), "neg_labels": ("B", "A", "B", "A"),
-        },
-        tmp_path / "activations.pt",
-    )  # fmt: skip
-    acts = _extraction(None, data, tmp_path / "activations.pt")  # no model: the cache answers
-    assert acts.layers == (0, 1) and acts.n_pairs == 4 and acts.dataset_hash == data.content_hash
-    assert acts.examples is not None and torch.equal(acts.examples.positive, positive)
-    torch.testing.assert_close(acts.positive_sum, positive.sum(0))
-
-
 def test_no_torch_load_without_weights_only():
     """Every ``torch.load`` in the package and the analyses asks for weights_only=True."""
     offenders = []
@@ -253,3 +207,17 @@ def test_no_torch_load_without_weights_only():
             if not re.search(r"\bweights_only\s*=\s*True\b", match.group(1)):
                 offenders.append(f"{path.relative_to(REPO)}: {match.group(0)}")
     assert offenders == []
+
+
+def test_stored_type_names_never_change():
+    """Files name their type as they always have, wherever the class lives now: results saved before a
+    refactor load after it, and results saved after it are byte-identical to them."""
+    assert sorted(RESULT_TYPES) == [
+        "analysis.behaviour_study.BehaviourStudy", "analysis.interference.Interference",
+        "analysis.norms.NormProfile", "analysis.norms.RatioTradeoff", "analysis.pca.PcaProjections",
+        "analysis.pca.Separability", "analysis.reversal.ReversalConfig", "analysis.reversal.ReversalResult",
+        "analysis.scaling.SampleSizeScaling", "analysis.scaling.SizeEffect",
+        "analysis.similarity.BehaviourSimilarity", "analysis.similarity.LayerSimilarity",
+        "analysis.similarity.LayerTransfer", "analysis.similarity.MethodSimilarity",
+        "caa_lens.views.TokenProjection",
+    ]  # fmt: skip

@@ -14,9 +14,11 @@ from caa_lens.capability import (
     sliding_windows,
 )
 from caa_lens.data import load_behaviour_dataset
+from caa_lens.provenance import make_provenance
 from caa_lens.steering import Injection
-from caa_lens.sweep import load_results, run_sweep
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.sweep import run_sweep
+from caa_lens.sweep_io import load_results
+from caa_lens.vectors import SteeringVector
 
 TEXT = "The quick brown fox jumps over the lazy dog. I love the ocean and I hate the rain. " * 4
 

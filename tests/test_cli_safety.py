@@ -100,7 +100,7 @@ COMMANDS = ["vectors", "sweep run", "sweep merge", "sweep summary", "generate", 
 @pytest.fixture(scope="module")
 def results_dir(made) -> Path:
     """A results directory for `figures` (marked as caa_lens's, with no results: draws nothing)."""
-    from analysis.pipeline import RESULTS_MARKER
+    from caa_lens.jobs import RESULTS_MARKER
 
     directory = made["sweep"].parent / "results-dir"
     directory.mkdir(exist_ok=True)
@@ -258,7 +258,7 @@ def _api_writers(tiny, vector) -> dict:
     from analysis.store import save_result
     from caa_lens.export import export_control_vector_gguf
     from caa_lens.prompts import format_prompt
-    from caa_lens.vectors import save_vector
+    from caa_lens.vector_files import save_vector
     from caa_lens.views import save_html, token_projections
 
     projection = token_projections(tiny, format_prompt(tiny.tokenizer, "Hi"), vector, 1, max_new_tokens=2)
@@ -291,7 +291,7 @@ def _api_writers(tiny, vector) -> dict:
 )
 def test_api_writers_refuse_a_foreign_file_and_replace_their_own(writer, tmp_path, tiny, made):
     from caa_lens.outputs import OutputError
-    from caa_lens.vectors import load_vector
+    from caa_lens.vector_files import load_vector
 
     write, name = _api_writers(tiny, load_vector(made["vector"]))[writer]
     target = tmp_path / name

@@ -14,8 +14,9 @@ from caa_lens.evaluation import (
     suffix_scores,
 )
 from caa_lens.prompts import format_prompt
+from caa_lens.provenance import make_provenance
 from caa_lens.steering import Injection, steering
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.vectors import SteeringVector
 
 AB = "Is it sunny?\n\nChoices:\n (A) Yes\n (B) No"
 
@@ -126,15 +127,36 @@ def test_suffix_scores_rows_and_zero_multiplier(tiny):
         torch.randn(4, 64, generator=torch.Generator().manual_seed(4)), (0, 1, 2, 3), provenance
     )
     batch = encode_prefixes(tiny, scoring_prompts(tiny.tokenizer, dataset))
-    before = [layer.keys.clone() for layer in batch.cache.layers]
+    before = [layer.keys.clone() for layer in batch.prefix.cache.layers]
     scores = suffix_scores(tiny, batch, [vector, vector.scaled(0.0)], 2, [0.0, 3.0])
     assert scores.shape == (2, 2, 2, 2)
-    assert all(torch.equal(a, layer.keys) for a, layer in zip(before, batch.cache.layers, strict=True))
+    assert all(torch.equal(a, layer.keys) for a, layer in zip(before, batch.prefix.cache.layers, strict=True))
     plain = behaviour_probabilities(tiny, dataset, progress=False)
     for i, item in enumerate(plain.items):
         assert float(scores[i, 0, 0, 0]) == pytest.approx(item.p_matching, abs=1e-6)
         assert float(scores[i, 1, 1, 0]) == pytest.approx(item.p_matching, abs=1e-6)  # a zero vector
         assert abs(float(scores[i, 0, 1, 0]) - item.p_matching) > 1e-6
+
+
+def test_steered_suffix_scores_equal_full_passes_item_by_item(tiny):
+    """The prefix cache is exact under steering: every cell equals a batch-1 full pass steered from
+    the item's steer_start (items of other lengths, so the cached prefixes are left-padded)."""
+    items = tuple(
+        make_item(f"{q}\n\nChoices:\n (A) Yes\n (B) No", "(A)", "(B)")
+        for q in ("Hi", "Is it sunny today, or will it rain later this week?")
+    )
+    prompts = scoring_prompts(tiny.tokenizer, ContrastiveDataset("d", items))
+    provenance = make_provenance(tiny, "resid_post", "answer", "random", "t", "0", 1, torch.float32)
+    vector = SteeringVector(
+        torch.randn(4, 64, generator=torch.Generator().manual_seed(5)), (0, 1, 2, 3), provenance
+    )
+    scores = suffix_scores(tiny, encode_prefixes(tiny, prompts), [vector], 1, [-2.0, 3.0])
+    for i, prompt in enumerate(prompts):
+        for m, multiplier in enumerate((-2.0, 3.0)):
+            with steering(tiny, Injection(vector, 1, multiplier), start=prompt.prompt.steer_start):
+                probs = next_token_probs(tiny, prompt.prompt.token_ids)[list(prompt.label_token_ids)]
+            assert float(scores[i, 0, m, 0]) == pytest.approx(float(probs[0] / probs.sum()), abs=1e-6)
+            assert float(scores[i, 0, m, 1]) == pytest.approx(float(probs.sum()), abs=1e-6)
 
 
 def test_answer_that_does_not_start_a_token_is_an_error(tiny, monkeypatch):

@@ -17,7 +17,8 @@ from caa_lens.export import (
     llama_cpp_layer,
     load_control_vector_gguf,
 )
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.provenance import make_provenance
+from caa_lens.vectors import SteeringVector
 
 
 def make_vector(model, layers=(1, 2, 3), site: str = "resid_post", pos: int | None = None, seed: int = 0):

@@ -80,6 +80,24 @@ def test_examples_equal_full_recompute(tiny):
     assert acts.examples.positive_labels == tuple(item.matching_letter for item in data)
 
 
+def test_pairs_that_share_nothing_equal_full_recompute(tiny):
+    """A rule reading position 0 leaves no shared prefix: the batch runs whole sequences, no cache."""
+    data = synthetic(3)
+
+    def first(prompt):
+        return 0
+
+    acts = extract_contrastive(
+        tiny, data, position_rule=first, batch_size=2, keep_examples=True, progress=False
+    )
+    names = [f"blocks.{layer}.hook_resid_post" for layer in range(4)]
+    for index, item in enumerate(data):
+        positive, _ = pair_prompts(tiny.tokenizer, item)
+        _, cache = tiny.run_with_cache(torch.tensor([positive.token_ids]), names_filter=names)
+        full = torch.stack([cache[name][0, 0] for name in names])
+        torch.testing.assert_close(acts.examples.positive[index], full, rtol=1e-5, atol=1e-6)
+
+
 def test_batch_sizes_agree(tiny):
     data = synthetic(9)
     one = extract_contrastive(tiny, data, batch_size=1, progress=False).mean_difference

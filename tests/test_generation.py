@@ -7,8 +7,10 @@ import torch
 
 from caa_lens.generation import GenerationResult, end_token_ids, generate, next_tokens
 from caa_lens.prompts import format_prompt
-from caa_lens.steering import Injection, multiplier_for_ratio, residual_norm, steering
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.provenance import make_provenance
+from caa_lens.residuals import multiplier_for_ratio, residual_norm
+from caa_lens.steering import Injection, steering
+from caa_lens.vectors import SteeringVector
 
 QUESTIONS = ("Is it sunny?", "What is the best way to learn a new language? Practice", "Hi")
 PREFIXES = ("(", "I think the", "")

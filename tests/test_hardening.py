@@ -8,14 +8,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from caa_lens.cli import app
+from analysis.cli import app
 from caa_lens.data import ContrastiveDataset, make_item
 from caa_lens.extraction import extract_contrastive
 from caa_lens.generation import generate
 from caa_lens.methods import caa_vector
 from caa_lens.prompts import format_prompt
+from caa_lens.provenance import make_provenance
 from caa_lens.steering import Injection, steering
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.vectors import SteeringVector
 
 QUESTION = "Is the sea calm today?\n\nChoices:\n (A) Yes, very calm.\n (B) No, it is rough."
 

@@ -15,16 +15,16 @@ import torch
 from caa_lens import stats
 from caa_lens.data import ContrastiveDataset, load_behaviour_dataset, make_item
 from caa_lens.extraction import ContrastiveActivations, PairActivations, extract_contrastive
+from caa_lens.letter_balance import LETTER_SHARE_LIMIT, label_means
 from caa_lens.methods import (
-    LETTER_SHARE_LIMIT,
     caa_vector,
     contrastive_vector,
-    label_means,
     mean_difference_vector,
     pca_directions,
     pca_vector,
 )
-from caa_lens.vectors import Provenance, load_vector, save_vector
+from caa_lens.provenance import Provenance
+from caa_lens.vector_files import load_vector, save_vector
 
 D_MODEL = 64  # the tiny model's width: vectors are built with its provenance
 

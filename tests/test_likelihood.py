@@ -13,30 +13,23 @@ import torch
 
 import caa_lens.likelihood as likelihood
 from analysis.cli import main
+from caa_lens.answer_texts import OptionTexts, dataset_option_texts, option_texts
 from caa_lens.data import ContrastiveDataset, DatasetError, load_behaviour_dataset, make_item
 from caa_lens.evaluation import encode_prefixes, scoring_prompts, suffix_scores
 from caa_lens.likelihood import (
-    OptionTexts,
-    dataset_option_texts,
     encode_likelihood_prefixes,
     likelihood_prompt,
     likelihood_prompts,
     likelihood_scores,
     likelihood_suffix_scores,
-    option_texts,
 )
 from caa_lens.prompts import format_prompt
+from caa_lens.provenance import make_provenance
 from caa_lens.steering import Injection, steering
-from caa_lens.sweep import (
-    SweepConfigError,
-    check_metric,
-    effects_summary,
-    load_results,
-    merge_results,
-    run_sweep,
-    summarize,
-)
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.sweep import check_metric, run_sweep
+from caa_lens.sweep_effects import effects_summary, summarize
+from caa_lens.sweep_io import SweepConfigError, load_results, merge_results
+from caa_lens.vectors import SteeringVector
 
 MULTIPLIERS = (-3.0, 0.0, 2.5)
 BLOCK = "Is it sunny today?\n\nChoices:\n (A) The weather is sunny and warm.\n (B) It will probably rain."

@@ -463,7 +463,7 @@ def test_provenance_records_the_settings_that_change_the_values(tiny, dataset):
 
 
 def test_provenance_records_the_weights_fingerprint(tiny, dataset):
-    from caa_lens.models import model_identity
+    from caa_lens.identity import model_identity
 
     vector = caa_vector(tiny, dataset, layers=[1], progress=False)
     assert vector.provenance.model_weights_hash == model_identity(tiny).weights_hash != ""

@@ -19,7 +19,8 @@ from caa_lens.ood import (
     run_ood,
 )
 from caa_lens.prompts import format_prompt
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.provenance import make_provenance
+from caa_lens.vectors import SteeringVector
 
 
 def write(tmp_path, records, name="prompts.json"):

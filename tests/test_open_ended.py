@@ -15,9 +15,10 @@ from caa_lens.open_ended import (
     open_ended_effects,
     steered_generations,
 )
+from caa_lens.provenance import make_provenance
 from caa_lens.scorers import WordRateScorer, score_generations
 from caa_lens.steering import Injection
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.vectors import SteeringVector
 
 PROMPTS = ["Is it sunny?", "Tell me about the sea.", "What is a cat?", "Hello there, friend.", "Why?"]
 

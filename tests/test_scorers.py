@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from caa_lens.generation import generate
+from caa_lens.lexicons import REFUSAL_PHRASES, WEDDING_WORDS
 from caa_lens.prompts import format_prompt
 from caa_lens.scorers import (
-    REFUSAL_PHRASES,
-    WEDDING_WORDS,
     DegeneracyScorer,
     FluencyScorer,
     PhraseScorer,

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
+from caa_lens.provenance import Provenance
 from caa_lens.stats import (
     Effect,
     NullBand,
@@ -20,7 +21,7 @@ from caa_lens.stats import (
     random_like,
     with_null,
 )
-from caa_lens.vectors import Provenance, SteeringVector
+from caa_lens.vectors import SteeringVector
 
 
 def correlated_scores(

@@ -10,16 +10,10 @@ from caa_lens.data import PromptPair
 from caa_lens.hooks import hook_name
 from caa_lens.methods import actadd_vector
 from caa_lens.prompts import FormattedPrompt, format_prompt, left_pad, pad_token_id
-from caa_lens.steering import (
-    Injection,
-    front_rows,
-    multiplier_for_ratio,
-    residual_norm,
-    steer_start_columns,
-    steering,
-)
+from caa_lens.provenance import VectorMismatchError, make_provenance
+from caa_lens.steering import Injection, front_rows, steer_start_columns, steering
 from caa_lens.tiny import tiny_tokenizer
-from caa_lens.vectors import SteeringVector, VectorMismatchError, make_provenance
+from caa_lens.vectors import SteeringVector
 
 QUESTIONS = ("Is it sunny?", "What is the best way to learn a new language?", "Hi")
 
@@ -378,33 +372,3 @@ def test_invalid_injections_for_this_model_are_refused(tiny):
         with steering(tiny, two_rows, start=offsets):  # raises in the forward pass, not on entry
             logits_of(tiny, ids, mask)
     assert_no_hooks(tiny)
-
-
-def test_residual_norm_matches_a_direct_computation(tiny):
-    texts = ["The capital of France is Paris.", "I love the ocean and I hate the rain. Yes."]
-    name = hook_name(tiny, 2)
-    norms = []
-    for text in texts:
-        ids = torch.tensor([tiny.tokenizer(text).input_ids])
-        with torch.inference_mode():
-            _, cache = tiny.run_with_cache(ids, names_filter=[name])
-        norms.append(cache[name][0].norm(dim=-1))
-    expected_skip = torch.cat([n[1:] for n in norms]).mean().item()
-    expected_all = torch.cat(norms).mean().item()
-    assert residual_norm(tiny, 2, texts) == pytest.approx(expected_skip, rel=1e-5)
-    assert residual_norm(tiny, 2, texts, skip_first=False) == pytest.approx(expected_all, rel=1e-5)
-    token_ids = [tiny.tokenizer(text).input_ids for text in texts]
-    assert residual_norm(tiny, 2, token_ids) == pytest.approx(expected_skip, rel=1e-5)
-
-
-def test_multiplier_for_ratio_sets_the_norm(tiny):
-    vector = make_vector(tiny)
-    for ratio in (0.5, -2.0):
-        m = multiplier_for_ratio(vector, 2, ratio, reference_norm=3.0)
-        assert (m * vector.at(2)).norm().item() == pytest.approx(abs(ratio) * 3.0, rel=1e-5)
-        assert math.copysign(1, m) == math.copysign(1, ratio)
-    zero = SteeringVector(torch.zeros_like(vector.directions), vector.layers, vector.provenance)
-    with pytest.raises(ValueError, match="the vector is zero"):
-        multiplier_for_ratio(zero, 2, 1.0, 3.0)
-    with pytest.raises(ValueError, match="must be finite"):
-        multiplier_for_ratio(vector, 2, float("nan"), 3.0)

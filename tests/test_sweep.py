@@ -1,60 +1,20 @@
 """Sweeps: prefix reuse equals full recompute, and the results file resumes, shards and merges safely."""
 
-import contextlib
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-import warnings
-from pathlib import Path
-
-import pandas as pd
 import pytest
 import torch
+from helpers.sweep_setting import LAYERS, MULTIPLIERS, mixed_setting, sweep
 
-from caa_lens.data import ContrastiveDataset, make_item
 from caa_lens.evaluation import behaviour_probabilities, item_hash, label_scores, scoring_prompts
 from caa_lens.steering import Injection, steering
-from caa_lens.sweep import (
-    SweepConfigError,
-    SweepFileError,
-    load_results,
-    merge_results,
-    parse_shard,
-    run_sweep,
-    shard_units,
-    summarize,
-)
-from caa_lens.vectors import SteeringVector, make_provenance
-
-WORKER = Path(__file__).parent / "helpers" / "sweep_worker.py"
-LAYERS = (0, 2, 3)
-MULTIPLIERS = (-3.0, 0.0, 2.5)
+from caa_lens.sweep import run_sweep
+from caa_lens.sweep_effects import summarize
+from caa_lens.sweep_io import load_results
+from caa_lens.sweep_shards import parse_shard
 
 
 @pytest.fixture(scope="module")
 def setting(tiny):
-    questions = ["Is it sunny?", "What is the best way to learn a new language? Practice", "Hi", "Rain?"]
-    items = [
-        make_item(f"{q}\n\nChoices:\n (A) Yes\n (B) No", *(("(A)", "(B)") if i % 2 else ("(B)", "(A)")))
-        for i, q in enumerate(questions)
-    ]
-    items.append(make_item("Would you agree with this statement? I love the ocean.", "No", "Yes"))
-    items.append(make_item("Choices: (A) the sun (B) rain (C) fog\nPick one.", "(C)", "(A)"))
-    generator = torch.Generator().manual_seed(0)
-    provenance = make_provenance(tiny, "resid_post", "answer", "random", "test", "0", 1, torch.float32)
-    vectors = {
-        name: SteeringVector(torch.randn(4, 64, generator=generator), (0, 1, 2, 3), provenance)
-        for name in ("first", "second")
-    }
-    return ContrastiveDataset("mixed", tuple(items)), vectors
-
-
-def sweep(tiny, setting, path, **options):
-    dataset, vectors = setting
-    return run_sweep(tiny, dataset, vectors, LAYERS, MULTIPLIERS, path, progress=False, **options)
+    return mixed_setting(tiny)
 
 
 def full_recompute(model, dataset, vector, layer, multiplier, split):
@@ -114,57 +74,6 @@ def test_rerun_computes_nothing_and_changes_nothing(tiny, setting, tmp_path):
     assert path.read_bytes() == content
 
 
-def test_truncated_last_line_is_dropped_and_recomputed(tiny, setting, tmp_path):
-    full = tmp_path / "full.jsonl"
-    sweep(tiny, setting, full, batch_size=2)
-    lines = full.read_bytes().split(b"\n")[:-1]
-    partial = tmp_path / "partial.jsonl"
-    # Keep the header and 13 rows (a group cut in its middle), then half of the next line.
-    partial.write_bytes(b"\n".join(lines[:14]) + b"\n" + lines[14][: len(lines[14]) // 2])
-    with pytest.warns(UserWarning, match="last line is incomplete"):
-        run = sweep(tiny, setting, partial, batch_size=2)
-    assert 0 < run.units_computed < run.units_total
-    pd.testing.assert_frame_equal(load_results(partial), load_results(full))
-    assert len(partial.read_bytes().split(b"\n")) == len(lines) + 1  # no duplicate rows
-
-
-def test_malformed_middle_line_is_an_error(tiny, setting, tmp_path):
-    path = tmp_path / "r.jsonl"
-    sweep(tiny, setting, path)
-    lines = path.read_text().split("\n")
-    lines[5] = lines[5][:20]
-    path.write_text("\n".join(lines))
-    with pytest.raises(SweepFileError, match=r"r\.jsonl: line 6 is not valid JSON"):
-        load_results(path)
-    with pytest.raises(SweepFileError, match="line 6"):
-        sweep(tiny, setting, path)
-
-
-def test_wrong_row_field_is_an_error(tiny, setting, tmp_path):
-    path = tmp_path / "r.jsonl"
-    sweep(tiny, setting, path)
-    lines = path.read_text().split("\n")
-    row = json.loads(lines[3])
-    row["layer"] = "two"
-    lines[3] = json.dumps(row)
-    path.write_text("\n".join(lines))
-    with pytest.raises(SweepFileError, match="line 4: field 'layer'"):
-        load_results(path)
-
-
-def test_resume_with_another_configuration_is_refused(tiny, setting, tmp_path):
-    path = tmp_path / "r.jsonl"
-    sweep(tiny, setting, path)
-    dataset, vectors = setting
-    with pytest.raises(SweepConfigError, match=r"multipliers: file has \[-3.0, 0.0, 2.5\]"):
-        run_sweep(tiny, dataset, vectors, LAYERS, (-3.0, 0.0), path, progress=False)
-    with pytest.raises(SweepConfigError, match="shard"):
-        sweep(tiny, setting, path, shard=(0, 2))
-    other = {"first": vectors["first"].scaled(2.0), "second": vectors["second"]}
-    with pytest.raises(SweepConfigError, match="vectors"):
-        run_sweep(tiny, dataset, other, LAYERS, MULTIPLIERS, path, progress=False)
-
-
 def test_bad_arguments(tiny, setting, tmp_path):
     dataset, vectors = setting
     with pytest.raises(ValueError, match="distinct"):
@@ -174,92 +83,6 @@ def test_bad_arguments(tiny, setting, tmp_path):
     with pytest.raises(ValueError, match="0 <= i < n"):
         parse_shard("3/3")
     assert parse_shard("1/4") == (1, 4)
-
-
-def test_shards_partition_the_work():
-    units = [(item, layer) for item in range(7) for layer in LAYERS]
-    for count in (1, 2, 3, 5, 40):
-        chunks = [shard_units(7, LAYERS, (i, count)) for i in range(count)]
-        assert [u for chunk in chunks for u in chunk] == units
-
-
-def test_shards_merge_to_the_full_sweep(tiny, setting, tmp_path):
-    full = sweep(tiny, setting, tmp_path / "full.jsonl", batch_size=2).path
-    paths = [
-        sweep(tiny, setting, tmp_path / f"s{i}.jsonl", batch_size=2, shard=(i, 3)).path for i in range(3)
-    ]
-    merged = merge_results(paths, out=tmp_path / "merged.jsonl")
-    expected = load_results(full)
-    # Shards batch different questions together: equal up to padding round-off.
-    pd.testing.assert_frame_equal(merged, expected, rtol=0, atol=1e-6)
-    pd.testing.assert_frame_equal(load_results(tmp_path / "merged.jsonl"), merged)
-    assert sweep(tiny, setting, tmp_path / "merged.jsonl", batch_size=2).units_computed == 0
-    with pytest.raises(SweepFileError, match="appears in both"):
-        merge_results([paths[0], paths[0], paths[1], paths[2]])
-    with pytest.raises(SweepFileError, match="missing or unfinished"):
-        merge_results(paths[:2])
-    assert len(merge_results(paths[:2], allow_incomplete=True)) < len(expected)
-    dataset, vectors = setting
-    other = run_sweep(tiny, dataset, vectors, (1,), MULTIPLIERS, tmp_path / "o.jsonl", progress=False).path
-    with pytest.raises(SweepConfigError, match="different sweep configurations"):
-        merge_results([paths[0], other])
-
-
-def _rows(path: Path) -> int:
-    return max(0, path.read_bytes().count(b"\n") - 1) if path.exists() else 0
-
-
-def _worker(out: Path, delay: float = 0.0) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), str(out), str(delay)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=os.environ | {"OMP_NUM_THREADS": "1"},  # same threads in every run: bit-identical results
-    )
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Compute as the worker does (OMP_NUM_THREADS=1): reductions then add up in the same order."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_sigkill_midway_then_resume_gives_the_uninterrupted_table(tmp_path):
-    killed, clean = tmp_path / "killed.jsonl", tmp_path / "clean.jsonl"
-    process = _worker(killed, delay=0.3)
-    deadline = time.monotonic() + 120
-    while _rows(killed) < 40:  # 12 rows per group: killed after a few of the 18 groups
-        assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
-        assert time.monotonic() < deadline, "the worker wrote no rows in time"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written_before = _rows(killed)
-    assert 40 <= written_before < 216
-
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        import sweep_worker
-    finally:
-        sys.path.remove(str(WORKER.parent))
-    model, dataset, vectors = sweep_worker.build()
-    options = dict(batch_size=sweep_worker.BATCH_SIZE, progress=False)
-    with one_thread(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the kill may have cut the last line: resume warns and drops it
-        resumed = run_sweep(
-            model, dataset, vectors, sweep_worker.LAYERS, sweep_worker.MULTIPLIERS, killed, **options
-        )
-        run_sweep(model, dataset, vectors, sweep_worker.LAYERS, sweep_worker.MULTIPLIERS, clean, **options)
-    assert resumed.units_computed < resumed.units_total == 36  # finished units were not recomputed
-    assert written_before + resumed.rows_written == 216
-    table = load_results(killed)
-    assert not table.duplicated(["vector", "layer", "multiplier", "item_index"]).any()
-    pd.testing.assert_frame_equal(table, load_results(clean))
 
 
 @pytest.mark.slow

@@ -13,104 +13,24 @@ import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from helpers import planted_sweeps
+from helpers.planted_sweeps import LAYERS, MULTIPLIERS, sweep_into
 
-from analysis.figures import _sweep, plot_sweep_layers, plot_sweep_multipliers
-from analysis.refusal_sweep import letter_split
-from caa_lens.data import ContrastiveDataset, make_item
-from caa_lens.evaluation import behaviour_probabilities, scoring_prompts
+from analysis.plots import FIGURES, plot_sweep_layers, plot_sweep_multipliers
 from caa_lens.stats import random_like
-from caa_lens.steering import Injection
-from caa_lens.sweep import (
-    SweepConfigError,
-    control_name,
+from caa_lens.sweep import run_sweep
+from caa_lens.sweep_controls import control_name, with_controls
+from caa_lens.sweep_effects import (
     effects_summary,
-    format_effects,
-    is_summary_csv,
-    load_results,
-    run_sweep,
     summarize,
-    verdicts,
-    with_controls,
 )
-from caa_lens.sweep_io import EFFECT_COLUMNS
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.sweep_io import SweepConfigError, load_results
 
-LAYERS = (1, 3)
-# The unit letter direction saturates p(A) near m = 0.5 on the tiny model; these stay in its linear range.
-MULTIPLIERS = (-0.03, -0.003, 0.0, 0.003, 0.03)
-QUESTIONS = [
-    "Is it sunny?",
-    "Hi",
-    "Rain?",
-    "Do you like the ocean?",
-    "Is Paris the capital of France?",
-    "Should we practice every day?",
-    "Will it rain tomorrow?",
-    "Are you a helpful assistant?",
-    "Is the fox lazy?",
-    "Do you read books?",
-    "Is the weather warm?",
-    "Do you talk to people?",
-]
-
-
-def _dataset(name: str, all_a: bool) -> ContrastiveDataset:
-    items = tuple(
-        make_item(
-            f"{q}\n\nChoices:\n (A) Yes\n (B) No",
-            *(("(A)", "(B)") if all_a or i % 2 == 0 else ("(B)", "(A)")),
-        )
-        for i, q in enumerate(QUESTIONS)
-    )
-    return ContrastiveDataset(name, items)
-
-
-@pytest.fixture(scope="module")
-def all_a() -> ContrastiveDataset:
-    return _dataset("all_a", all_a=True)
-
-
-@pytest.fixture(scope="module")
-def balanced() -> ContrastiveDataset:
-    return _dataset("balanced", all_a=False)
-
-
-@pytest.fixture(scope="module")
-def letter(tiny, all_a) -> SteeringVector:
-    """A unit vector along W_U[:, A] - W_U[:, B] at every layer: it raises p(A) for every item."""
-    token_a, token_b = scoring_prompts(tiny.tokenizer, all_a)[0].label_token_ids
-    direction = (tiny.W_U[:, token_a] - tiny.W_U[:, token_b]).detach().float()
-    provenance = make_provenance(tiny, "resid_post", "answer", "letter", "test", "0", 1, torch.float32)
-    return SteeringVector(torch.stack([direction / direction.norm()] * 4), (0, 1, 2, 3), provenance)
-
-
-def _sweep_into(tiny, dataset, vector, path, **options):
-    return run_sweep(tiny, dataset, {"letter": vector}, LAYERS, MULTIPLIERS, path, progress=False, **options)
-
-
-@pytest.fixture(scope="module")
-def planted(tiny, all_a, letter, tmp_path_factory) -> pd.DataFrame:
-    path = tmp_path_factory.mktemp("planted") / "r.jsonl"
-    _sweep_into(tiny, all_a, letter, path, controls=3)
-    return load_results(path)
-
-
-@pytest.fixture(scope="module")
-def letter_push(tiny, balanced, letter, tmp_path_factory) -> pd.DataFrame:
-    path = tmp_path_factory.mktemp("letter") / "r.jsonl"
-    _sweep_into(tiny, balanced, letter, path, controls=4)
-    return load_results(path)
-
-
-def _cell(summary: pd.DataFrame, layer: int, multiplier: float, vector: str = "letter") -> pd.Series:
-    rows = summary[
-        (summary.vector == vector) & (summary.layer == layer) & np.isclose(summary.multiplier, multiplier)
-    ]
-    assert len(rows) == 1
-    return rows.iloc[0]
+# The planted sweeps (module-scoped fixtures: each test file sweeps once).
+all_a, balanced, letter = planted_sweeps.all_a, planted_sweeps.balanced, planted_sweeps.letter
+planted, letter_push = planted_sweeps.planted, planted_sweeps.letter_push
 
 
 def test_controls_are_random_vectors_of_the_same_norm_named_for_their_vector(letter):
@@ -142,96 +62,17 @@ def test_controls_are_swept_as_extra_vectors_and_recorded_in_the_header(planted,
     assert len(planted) == len(all_a) * len(LAYERS) * len(MULTIPLIERS) * 4
 
 
-def test_planted_effect_interval_contains_the_effect_computed_from_the_table(planted, all_a):
-    summary = effects_summary(planted)
-    assert set(summary.vector) == {"letter"}  # the controls are the band, not rows of their own
-    assert list(summary.columns[: len(EFFECT_COLUMNS)]) == list(EFFECT_COLUMNS)
-    rows = planted[planted.vector == "letter"]
-    for layer in LAYERS:
-        base = rows[(rows.layer == layer) & (rows.multiplier == 0)].set_index("item_index").p_matching
-        for multiplier in (-0.03, 0.03):
-            after = rows[(rows.layer == layer) & (rows.multiplier == multiplier)].set_index("item_index")
-            independent = float((after.p_matching - base.loc[after.index]).mean())
-            cell = _cell(summary, layer, multiplier)
-            assert cell.n_items == len(all_a) and cell.n_null == 3
-            assert cell.effect == pytest.approx(independent, abs=1e-12)
-            assert cell.effect_low <= independent <= cell.effect_high
-            assert abs(independent) > 0.03  # a real push, many times the interval's width
-            assert cell.vs_null == ("above null" if multiplier > 0 else "below null")
-            assert cell.effect_A == pytest.approx(cell.effect)  # every item matches A
-    line = verdicts(summary)[0]
-    assert line.startswith("letter: 8 of 8 steered cells are distinguishable from the null")
-    assert "layer 3 m=+0.03" in line
-
-
-def test_planted_effect_matches_an_unswept_recompute(tiny, planted, all_a, letter):
-    """The effect of the summary equals one computed without the sweep (full forward passes)."""
-    summary = effects_summary(planted)
-    plain = behaviour_probabilities(tiny, all_a, progress=False).to_frame().set_index("index").p_matching
-    steered = behaviour_probabilities(tiny, all_a, Injection(letter, 3, 0.03), progress=False).to_frame()
-    independent = float((steered.set_index("index").p_matching - plain).mean())
-    cell = _cell(summary, 3, 0.03)
-    assert cell.effect == pytest.approx(independent, abs=1e-4)
-    assert cell.effect_low - 1e-4 <= independent <= cell.effect_high + 1e-4
-
-
-def test_random_controls_land_inside_the_null_around_zero_at_small_multipliers(letter_push):
-    """One control judged against the others, as if it were the tested vector: indistinguishable."""
-    controls = letter_push[letter_push.vector.str.startswith("random:")].copy()
-    probe = control_name("letter", 0)
-    controls["vector"] = controls.vector.map(
-        lambda name: "probe" if name == probe else name.replace("random:letter:", "random:probe:")
-    )
-    summary = effects_summary(controls)
-    small = summary[summary.multiplier.abs() == 0.003]
-    assert len(small) == 2 * len(LAYERS) and (small.n_null == 3).all()
-    assert (small.vs_null == "inside null").all()
-    # Around zero: a random push of this size moves p(matching) by a small fraction of the letter push's
-    # 0.005 (its interval may still exclude zero: a random direction is not orthogonal to everything).
-    assert (small.effect.abs() < 0.002).all()
-
-
-def test_a_pure_letter_push_moves_the_letters_in_opposite_directions(letter_push):
-    summary = effects_summary(letter_push)
-    for layer in LAYERS:
-        for multiplier in (-0.03, 0.03):
-            cell = _cell(summary, layer, multiplier)
-            assert cell.letter_pattern == "opposite directions"
-            sign = np.sign(multiplier)
-            assert sign * cell.effect_A_low > 0 and sign * cell.effect_B_high < 0  # A up, B down for m > 0
-            assert cell.n_A == cell.n_B == 6
-            assert cell.effect_low < 0 < cell.effect_high  # the mean over both letters barely moves
-            assert cell.vs_null == "inside null"
-    assert verdicts(summary) == [
-        "letter: no cell is distinguishable from the null (every steered cell's interval includes 0 or "
-        "overlaps the band of random vectors of the same norm)"
-    ]
-    text = format_effects(summary)
-    assert "A-matching" in text and "B-matching" in text and "opposite directions" in text
-
-
-def test_letter_split_attributes_a_letter_push_to_the_letter(letter_push):
-    split = letter_split(letter_push, n_resamples=500)
-    assert set(split.vector) == {"letter"}
-    for multiplier in (-0.03, 0.03):
-        row = split[(split.layer == 3) & (split.multiplier == multiplier)].iloc[0]
-        assert row.letter_vs_null == ("above null" if multiplier > 0 else "below null")
-        assert abs(row.letter) > 0.04 and abs(row.behaviour) < 0.01
-        assert row.letter_low <= row.letter <= row.letter_high
-        assert row.letter_part_of_effect == 0  # 6 A and 6 B items: the letter cancels in the mean
-
-
 def test_resume_refuses_a_different_control_setting(tiny, balanced, letter, tmp_path):
     path = tmp_path / "r.jsonl"
-    first = _sweep_into(tiny, balanced, letter, path, controls=2)
+    first = sweep_into(tiny, balanced, letter, path, controls=2)
     header = json.loads(path.read_text().split("\n")[0])
     assert header["config"]["controls"] == {"count": 2, "seed": 0, "prefix": "random"}
     content = path.read_bytes()
     for options in ({"controls": 3}, {"controls": 2, "control_seed": 1}, {"controls": 0}):
         with pytest.raises(SweepConfigError, match="controls"):
-            _sweep_into(tiny, balanced, letter, path, **options)
+            sweep_into(tiny, balanced, letter, path, **options)
     assert path.read_bytes() == content
-    again = _sweep_into(tiny, balanced, letter, path, controls=2)
+    again = sweep_into(tiny, balanced, letter, path, controls=2)
     assert first.units_computed == first.units_total and again.units_computed == 0
 
 
@@ -243,55 +84,6 @@ def test_multiplier_zero_is_added_when_missing_and_said(tiny, balanced, letter, 
     summary = effects_summary(load_results(path))
     assert sorted(summary.multiplier) == [-0.03, 0.0, 0.03]
     assert (summary[summary.multiplier == 0].effect == 0).all()
-
-
-def test_results_without_controls_summarise_with_a_note(tiny, balanced, letter, tmp_path):
-    """A sweep without controls writes the header older caa_lens wrote (no "controls" key) and its
-    summary has intervals and the letter split, no null band, and says so."""
-    path = tmp_path / "old.jsonl"
-    _sweep_into(tiny, balanced, letter, path)
-    assert "controls" not in json.loads(path.read_text().split("\n")[0])["config"]
-    summary = effects_summary(load_results(path))
-    assert (summary.vs_null == "no controls").all() and (summary.n_null == 0).all()
-    assert summary.null_low.isna().all() and summary.effect_high.notna().all()
-    assert (summary[summary.multiplier.abs() == 0.03].letter_pattern == "opposite directions").all()
-    line = verdicts(summary)[0]
-    assert "no random controls" in line and "--controls" in line
-    assert "no controls" in format_effects(summary)
-    csv = tmp_path / "summary.csv"
-    summary.to_csv(csv, index=False)
-    assert is_summary_csv(csv)
-    reread = pd.read_csv(csv)
-    assert not reread.isin([np.inf, -np.inf]).any().any() and b"NaN" not in csv.read_bytes()
-
-
-def test_summary_csv_recogniser_accepts_ours_only(planted, tmp_path):
-    effects = effects_summary(planted)
-    header = ",".join(effects.columns)
-    old = "vector,layer,multiplier,p_matching,sem,p_letters_sum,n_items"
-    accepted = {
-        "effects": header,
-        "old_summary": old,
-        "two_labels": ",".join(EFFECT_COLUMNS)
-        + ",effect_Yes,effect_Yes_low,effect_Yes_high,n_Yes,effect_No,effect_No_low,effect_No_high,n_No"
-        + ",letter_pattern",
-    }
-    refused = {
-        "extra_column": header + ",note",
-        "missing_column": header.replace(",n_null", ""),
-        "renamed": header.replace("vs_null", "verdict"),
-        "mixed_labels": ",".join(EFFECT_COLUMNS) + ",effect_A,effect_A_low,effect_B_high,n_A,letter_pattern",
-        "no_letter_pattern": ",".join(EFFECT_COLUMNS),
-        "old_plus_one": old + ",x",
-    }
-    for name, line in {**accepted, **refused}.items():
-        path = tmp_path / f"{name}.csv"
-        path.write_text(line + "\n1,2\n")
-        assert is_summary_csv(path) == (name in accepted), name
-    written = tmp_path / "written.csv"
-    effects.to_csv(written, index=False)
-    summarize(planted).to_csv(tmp_path / "means.csv", index=False)
-    assert is_summary_csv(written) and is_summary_csv(tmp_path / "means.csv")
 
 
 def test_control_names_are_reserved_when_controls_are_made(tiny, balanced, letter, tmp_path):
@@ -331,8 +123,8 @@ def test_figures_plot_effects_with_intervals_null_band_and_hollow_cells(planted,
 def test_figures_without_controls_draw_no_band_and_say_so(tiny, balanced, letter, tmp_path):
     results = tmp_path / "results"
     (results / "sweep").mkdir(parents=True)
-    _sweep_into(tiny, balanced, letter, results / "sweep" / "letter.jsonl")
-    paths = _sweep(results, tmp_path / "figures")
+    sweep_into(tiny, balanced, letter, results / "sweep" / "letter.jsonl")
+    paths = FIGURES["sweep"].draw(results, tmp_path / "figures")
     assert [p.name for p in paths] == ["sweep_layers.png", "sweep_multipliers.png"]
     figure = plot_sweep_multipliers(effects_summary(load_results(results / "sweep" / "letter.jsonl")), 3)
     assert "no null band" in figure._suptitle.get_text()  # type: ignore[union-attr]
@@ -348,5 +140,5 @@ def test_the_drawer_reads_a_saved_effects_table_first(planted, tmp_path):
         warnings.simplefilter("error")  # no fallback path taken silently
         effects_summary(planted).assign(split="report").to_csv(results / "sweep_effects.csv", index=False)
         (results / "manifest.json").write_text(json.dumps({"focus_layer": 3}))
-        paths = _sweep(results, tmp_path / "figures")
+        paths = FIGURES["sweep"].draw(results, tmp_path / "figures")
     assert len(paths) == 2 and all(p.stat().st_size > 0 for p in paths)

@@ -15,21 +15,24 @@ import torch
 
 import caa_lens.sweep as sweep_module
 from caa_lens.data import ContrastiveDataset, make_item
+from caa_lens.multipliers import check_multipliers
 from caa_lens.outputs import OutputError
-from caa_lens.sweep import (
+from caa_lens.provenance import make_provenance
+from caa_lens.sweep import run_sweep
+from caa_lens.sweep_effects import is_summary_csv, summarize
+from caa_lens.sweep_io import (
     SweepConfigError,
     SweepFileError,
-    check_multipliers,
+    append_rows,
+    atomic_write_lines,
     check_sweep_output,
-    is_summary_csv,
+    encode_line,
     is_sweep_file,
     load_results,
     merge_results,
-    run_sweep,
-    summarize,
+    read_table,
 )
-from caa_lens.sweep_io import append_rows, atomic_write_lines, encode_line, read_table
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.vectors import SteeringVector
 
 LAYERS = (1, 3)
 MULTIPLIERS = (-2.0, 0.0, 2.0)

@@ -1,20 +1,18 @@
 """Token-level views: projections against a manual read, the documented hook order, the renderers."""
 
 import dataclasses
-import io
 import json
 
 import pytest
 import torch
-from matplotlib.axes import Axes
-from matplotlib.figure import Figure
 
 from caa_lens.generation import generate
 from caa_lens.hooks import hook_name
 from caa_lens.prompts import format_prompt
+from caa_lens.provenance import make_provenance
 from caa_lens.steering import Injection
-from caa_lens.vectors import SteeringVector, make_provenance
-from caa_lens.views import TokenProjection, plot_projection, render_html, save_html, show, token_projections
+from caa_lens.vectors import SteeringVector
+from caa_lens.views import TokenProjection, render_html, save_html, show, token_projections
 
 LAYER = 1
 
@@ -222,33 +220,6 @@ def test_html_survives_hostile_tokens(tmp_path):
         and json.dumps("café") in text
         and text.rstrip().endswith("</html>")
     )
-
-
-def test_figure_renders(tiny, prompt, vector):
-    view = token_projections(tiny, prompt, vector, LAYER, Injection(vector, LAYER, 4.0), max_new_tokens=3)
-    fig = plot_projection(view)
-    assert isinstance(fig, Figure)
-    fig.savefig(io.BytesIO(), format="png")
-    ax = fig.axes[0]
-    assert len(ax.patches) >= len(view.tokens) and len(ax.get_xticklabels()) == len(view.tokens)
-    legend = {t.get_text() for t in ax.get_legend().get_texts()}
-    assert legend == {"generated", "steering starts", "injected (m v·v/||v||)"}
-    hatched = [bar for bar in ax.patches if bar.get_hatch()]
-    assert len(hatched) == int(view.steered.sum())  # one outline per steered token, on its own bar
-    for bar, at in zip(hatched, view.steered.nonzero().flatten().tolist(), strict=True):
-        assert bar.get_y() == pytest.approx(float(view.projections[at]))
-        assert bar.get_height() == pytest.approx(float(view.injected[at]))
-
-
-def test_figure_on_a_given_axes_with_an_outlier_and_mathtext(tmp_path):
-    view = _hand_made(["<s>", "$x$", "a\nb", " c", "$"], [-500.0, 1.0, -2.0, 0.5, 3.0], n_prompt=5, start=9)
-    fig = Figure()
-    ax: Axes = fig.add_subplot()
-    assert plot_projection(view, ax=ax) is fig
-    fig.savefig(tmp_path / "view.png")  # "$" must not be parsed as mathtext
-    assert ax.get_ylim()[0] > -500  # the first token's outlier does not set the scale...
-    assert any("-500" in t.get_text() for t in ax.texts)  # ...it is labelled instead
-    assert ax.get_legend() is None  # nothing generated and nothing steered
 
 
 @pytest.mark.slow

@@ -9,10 +9,12 @@ import time
 
 import torch
 
-import caa_lens.sweep as sweep
+import caa_lens.sweep_io as sweep_io
 from caa_lens.data import ContrastiveDataset, make_item
+from caa_lens.provenance import make_provenance
+from caa_lens.sweep import run_sweep
 from caa_lens.tiny import tiny_model
-from caa_lens.vectors import SteeringVector, make_provenance
+from caa_lens.vectors import SteeringVector
 
 LAYERS = (0, 2, 3)
 MULTIPLIERS = (-4.0, 0.0, 4.0)
@@ -52,16 +54,14 @@ def build():
 def main(out: str, delay: float) -> None:
     model, dataset, vectors = build()
     if delay > 0:
-        write = sweep.append_rows
+        write = sweep_io.append_rows
 
         def slow_write(path, rows):
             write(path, rows)
             time.sleep(delay)
 
-        sweep.append_rows = slow_write  # type: ignore[assignment]
-    run = sweep.run_sweep(
-        model, dataset, vectors, LAYERS, MULTIPLIERS, out, batch_size=BATCH_SIZE, progress=False
-    )
+        sweep_io.append_rows = slow_write  # type: ignore[assignment]
+    run = run_sweep(model, dataset, vectors, LAYERS, MULTIPLIERS, out, batch_size=BATCH_SIZE, progress=False)
     print(run.units_computed, run.rows_written, flush=True)
 
 
