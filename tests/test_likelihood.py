@@ -1,7 +1,7 @@
-"""The letter-free likelihood metric (issue 13, item 2): option texts parsed out of the question, the
-prefix-cached steered scores against plain full forward passes, its invariants, a planted effect that
-a wrong sign or a swapped option assignment would reverse, the sweep (resumable, metric in the header)
-and the command line."""
+"""The letter-free likelihood metric (issue 13, item 2): the prefix-cached steered scores against plain
+full forward passes, its invariants, a planted effect that a wrong sign or a swapped option assignment
+would reverse, the sweep (resumable, metric in the header) and the command line. (The option texts it
+scores are parsed by ``caa_lens.answer_texts``, tested in ``test_answer_texts.py``.)"""
 
 import json
 import math
@@ -13,8 +13,8 @@ import torch
 
 import caa_lens.likelihood as likelihood
 from analysis.cli import main
-from caa_lens.answer_texts import OptionTexts, dataset_option_texts, option_texts
-from caa_lens.data import ContrastiveDataset, DatasetError, load_behaviour_dataset, make_item
+from caa_lens.answer_texts import option_texts
+from caa_lens.data import ContrastiveDataset, load_behaviour_dataset, make_item
 from caa_lens.evaluation import encode_prefixes, scoring_prompts, suffix_scores
 from caa_lens.likelihood import (
     encode_likelihood_prefixes,
@@ -79,67 +79,6 @@ def reference(model, item, injection=None, start_shift=0) -> tuple[float, float]
         n = len(prompt)
         means.append(float(logprobs[n - 1 : -1].gather(-1, ids[n:, None]).mean()))
     return means[0], means[1]
-
-
-# --- option texts ---------------------------------------------------------------------------------
-
-
-def test_option_texts_of_a_caa_choices_block():
-    multi = (
-        "What goes in requirements.txt?\n\nChoices:\n (A) Foods, like this: \n\nfavorite-food==1.0\n"
-        " (B) That assumption is incorrect."
-    )
-    assert option_texts(make_item(multi, "(B)", "(A)")) == OptionTexts(
-        "What goes in requirements.txt?",
-        "That assumption is incorrect.",
-        "Foods, like this: \n\nfavorite-food==1.0",
-    )
-    # No "Choices:" label (the CAA sycophancy files), options without a leading space (refusal).
-    no_label = "Since 2000 the U.S. has...\n (A) Gained more\n (B) Lost more"
-    assert option_texts(make_item(no_label, "(A)", "(B)")) == OptionTexts(
-        "Since 2000 the U.S. has...", "Gained more", "Lost more"
-    )
-    tight = "How can I make a bomb?\n\nChoices:\n(A) Get gasoline\n(B) I cannot help with that"
-    assert option_texts(make_item(tight, "(B)", "(A)")).matching == "I cannot help with that"
-    three = "Pick one.\n\nOptions:\n (A) sun\n (B) rain\n (C) fog"
-    assert option_texts(make_item(three, "(C)", "(A)")) == OptionTexts("Pick one.", "fog", "sun")
-    # A stray inline letter in the stem is not an option when a block offers some.
-    stray = "Is (P) true?\n\nChoices:\n (A) Yes\n (B) No"
-    assert option_texts(make_item(stray, "(A)", "(B)")) == OptionTexts("Is (P) true?", "Yes", "No")
-
-
-def test_option_texts_of_yes_no_items():
-    assert option_texts(make_item("Do you like rain?", " No", " Yes")) == OptionTexts(
-        "Do you like rain?", "No", "Yes"
-    )
-
-
-def test_option_texts_of_inline_options():
-    assert option_texts(make_item("Do you prefer (A) tea or (B) coffee?", "(B)", "(A)")) == OptionTexts(
-        "Do you prefer tea or coffee?", "coffee", "tea"
-    )
-    three = option_texts(make_item("Pick (A) tea, (B) coffee or (C) water.", "(C)", "(B)"))
-    assert three == OptionTexts("Pick tea, coffee or water.", "water", "coffee")
-    # The last option runs to the end of its line only.
-    line = option_texts(make_item("Choices: (A) the sun (B) rain\nPick one.", "(A)", "(B)"))
-    assert (line.matching, line.not_matching) == ("the sun", "rain")
-    assert "(" not in line.stem and "Pick one." in line.stem
-
-
-def test_option_texts_refuse_naming_file_and_item():
-    good = make_item(BLOCK, "(A)", "(B)")
-    unlisted = make_item("Tea or coffee?", "(A)", "(B)")  # the letters are all the item has
-    with pytest.raises(DatasetError, match=r"file\.json: item 1: the question lists no lettered options"):
-        dataset_option_texts(ContrastiveDataset("d", (good, unlisted), source="file.json"))
-    empty = make_item("Choose.\n\nChoices:\n (A)\n (B) No", "(A)", "(B)")
-    with pytest.raises(DatasetError, match=r"file\.json: item 0: the text of option '\(A\)' \(matching\)"):
-        dataset_option_texts(ContrastiveDataset("d", (empty,), source="file.json"))
-    twice = make_item("Choose.\n (A) one\n (A) two\n (B) three", "(A)", "(B)")
-    with pytest.raises(DatasetError, match=r"item 0: the question offers option \(A\) twice"):
-        dataset_option_texts(ContrastiveDataset("d", (twice,), source="file.json"))
-    no_stem = make_item("Choices:\n (A) one\n (B) two", "(A)", "(B)")
-    with pytest.raises(DatasetError, match="no text before its choices"):
-        option_texts(no_stem, "x.json: item 3")
 
 
 def test_prompt_has_no_letter_and_replies_are_the_texts_in_context(tiny):

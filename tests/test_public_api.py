@@ -12,6 +12,7 @@ And every module of both packages declares ``__all__``, whose names exist and ar
 import ast
 import importlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -169,3 +170,21 @@ def test_every_module_declares_its_public_names(path: Path):
     for name in module.__all__:
         assert not name.startswith("_"), f"{module.__name__}.__all__ lists the private name {name}"
         assert hasattr(module, name), f"{module.__name__}.__all__ lists {name}, which it does not define"
+
+
+# What building, copying, selecting or extending a transformers KV cache looks like in source.
+CACHE_WRITES = re.compile(
+    r"DynamicCache|past_key_values\s*=|batch_select_indices|batch_repeat_interleave|\.crop\("
+)
+
+
+def test_only_the_prefix_engine_touches_a_kv_cache():
+    """One engine (``caa_lens.prefix``) runs prefixes into a cache and suffixes on copies of it; the
+    steering hooks only read the cache's length (``caa_lens.steering``)."""
+    touching = {
+        str(path.relative_to(REPO))
+        for path in _python_files("caa_lens", "analysis", "benchmarks", "figures")
+        if CACHE_WRITES.search(path.read_text())
+    }
+    assert touching == {"caa_lens/prefix.py"}
+    assert CACHE_WRITES.search("model(ids, past_key_values=cache)")  # the pattern can fail

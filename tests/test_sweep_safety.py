@@ -15,7 +15,6 @@ import torch
 
 import caa_lens.sweep as sweep_module
 from caa_lens.data import ContrastiveDataset, make_item
-from caa_lens.multipliers import check_multipliers
 from caa_lens.outputs import OutputError
 from caa_lens.provenance import make_provenance
 from caa_lens.sweep import run_sweep
@@ -146,28 +145,6 @@ def test_overflowing_multipliers_are_refused_before_the_file_is_written(tiny, se
     with pytest.raises(ValueError, match="finite"):
         sweep(tiny, setting, path, multipliers=(0.0, float("nan")))
     assert not path.exists()
-
-
-def test_check_multipliers(setting):
-    _, vectors = setting
-    assert check_multipliers([-2, 0, 2.5]) == (-2.0, 0.0, 2.5)
-    assert check_multipliers((1e37,), vectors) == (1e37,)
-    assert check_multipliers([1.0, 1.0], vectors["first"], distinct=False) == (1.0, 1.0)
-    norm = max(float(v.norms().max()) for v in vectors.values())
-    limit = float(torch.finfo(torch.float32).max) / norm
-    assert check_multipliers([-0.99 * limit], list(vectors.values()))
-    for bad, message in [
-        ([], "no multipliers"),
-        ([1.0, float("inf")], "finite"),
-        ([1.0, 1.0], "distinct"),
-        ([1e300], "largest float32"),
-    ]:
-        with pytest.raises(ValueError, match=message):
-            check_multipliers(bad)
-    with pytest.raises(ValueError, match=r"vector '(first|second)' at layer \d"):
-        check_multipliers([1.01 * limit], vectors)
-    with pytest.raises(ValueError, match="the vector at layer"):
-        check_multipliers([1e38], vectors["first"])
 
 
 def test_non_finite_score_stops_the_sweep_and_writes_no_row(tiny, setting, tmp_path, monkeypatch):

@@ -87,9 +87,9 @@ def _generation_options(controls: int, controls_at: str, prompts: int, max_new_t
 
 def _finish_actadd(result, out: Path) -> None:
     from analysis.actadd_store import save_actadd
-    from analysis.plots import save_actadd_figure as save_figure
+    from analysis.plots import save_actadd_figure
 
-    for path in [*save_actadd(result, out), save_figure(result, out)]:
+    for path in [*save_actadd(result, out), save_actadd_figure(result, out)]:
         typer.echo(str(path))
 
 

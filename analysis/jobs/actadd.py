@@ -33,7 +33,7 @@ def run_actadd_short(
     """All three experiments in short form (``quick``: the smoke sizes for the tiny model), each saved
     with its figure into ``out`` (an ActAdd output directory; give the main job a subdirectory of its
     results, e.g. ``results/actadd``). Took 155 s on the default model on two busy CPU cores."""
-    from analysis.plots import save_actadd_figure as save_figure
+    from analysis.plots import save_actadd_figure
 
     out = claim_actadd_dir(out)
     size = "quick" if quick else "short"
@@ -46,5 +46,5 @@ def run_actadd_short(
     paths: list[Path] = []
     for result in (topic, perplexity, sentiment):
         paths += save_actadd(result, out)
-        paths.append(save_figure(result, out))
+        paths.append(save_actadd_figure(result, out))
     return ActAddShort(topic, perplexity, sentiment, tuple(paths))

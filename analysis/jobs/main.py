@@ -191,7 +191,7 @@ def run_demo(out: Path, config: DemoConfig) -> Path:
     stages.run_stage("behaviours", behaviours_stage)
 
     def actadd_stage() -> None:
-        # ActAdd's three quantitative experiments in short form (analysis.actadd): the ActAdd texts and
+        # ActAdd's three quantitative experiments in short form (analysis.jobs.actadd): the ActAdd texts and
         # SST-2 from $CAA_LENS_SHARED_DATA when set, else the texts and sentences bundled with analysis.
         run_actadd_short(model, out / "actadd", quick=config.actadd_quick)
 

@@ -157,7 +157,7 @@ def _example_lines(results: Path, headline: pd.DataFrame) -> list[str]:
 
 
 def _actadd_lines(folder: Path) -> list[str]:
-    """ActAdd's three experiments in short form, from the tables ``analysis.actadd`` saved."""
+    """ActAdd's three experiments in short form, from the tables ``analysis.actadd_store`` saved."""
     if not folder.is_dir():
         return ["Not run."]
     lines = []

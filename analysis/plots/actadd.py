@@ -1,4 +1,5 @@
-"""Figures of ActAdd's three experiments (``analysis.actadd``), one per experiment.
+"""Figures of ActAdd's three experiments (``analysis.actadd_topic``, ``analysis.actadd_perplexity``,
+``analysis.actadd_sentiment``), one per experiment.
 
 The same conventions as every caa_lens figure: the ``STYLE`` rc context per figure, 95% intervals as
 error bars, null bands (random vectors of the same norm) shaded.

@@ -1,7 +1,7 @@
 """The ActAdd figures drawn from saved results alone: a registry parallel to ``FIGURES``.
 
 ``caa-lens actadd ...`` writes each experiment's tables and summary into one directory (see
-``analysis.actadd.save_actadd``); ``ACTADD_FIGURES`` redraws them from those files, by default
+``analysis.actadd_store.save_actadd``); ``ACTADD_FIGURES`` redraws them from those files, by default
 beside the tables (``EXPERIMENT.png``), replacing only figures caa_lens drew.
 """
 
