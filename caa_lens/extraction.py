@@ -228,7 +228,7 @@ def _run_batch(
             prefix = encode(model, [p.prefix for p in batch], stop, where="extraction prefix pass")
         owners = torch.arange(len(batch)).repeat_interleave(2)  # both sides continue their pair's prefix
         with model.hooks(fwd_hooks=hooks):
-            run_suffixes(model, prefix, owners, ids, suffix_mask, stop_at_layer=stop)
+            run_suffixes(model, prefix, owners, ids, suffix_mask, stop_at_layer=stop, consume=True)
     else:
         with model.hooks(fwd_hooks=hooks):
             model(ids, attention_mask=suffix_mask, stop_at_layer=stop)

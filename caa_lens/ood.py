@@ -223,7 +223,8 @@ class ModelJudgeScorer:
             )
             suffixes = [bases[q][-1:] + ctx for q, ctx in rows]
             suffix_ids, suffix_mask = right_pad(suffixes, pad)
-            logits = run_suffixes(self.model, prefix, [q for q, _ in rows], suffix_ids, suffix_mask)
+            owners = [q for q, _ in rows]
+            logits = run_suffixes(self.model, prefix, owners, suffix_ids, suffix_mask, consume=True)
             last = torch.tensor([len(x) - 1 for x in suffixes], device=logits.device)
             return logits[torch.arange(len(rows)), last].double().softmax(dim=-1).cpu()
 

@@ -25,17 +25,24 @@ class OutputError(ValueError):
     """An output path cannot be written without touching a file caa_lens did not create."""
 
 
-def check_writable_parent(path: Path) -> None:
-    """The nearest existing ancestor of ``path`` must be a directory this process can write into."""
+def check_writable_parent(path: Path, shown: Path | None = None) -> None:
+    """The nearest existing ancestor of ``path`` must be a directory this process can write into.
+
+    ``shown`` is the path the message names (the output directory itself when ``path`` is a file
+    that would go inside it)."""
     ancestor = path.parent
     while not ancestor.exists():
         if ancestor.parent == ancestor:
             break
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise OutputError(f"{path}: {ancestor} is a file, not a directory; choose another output path")
+        raise OutputError(
+            f"{shown or path}: {ancestor} is a file, not a directory; choose another output path"
+        )
     if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise OutputError(f"{path}: the directory {ancestor} is not writable; choose another output path")
+        raise OutputError(
+            f"{shown or path}: the directory {ancestor} is not writable; choose another output path"
+        )
 
 
 def check_output_file(path: str | Path, kind: str, is_ours: Recogniser | None = None) -> Path:
@@ -76,7 +83,7 @@ def check_output_dir(path: str | Path, kind: str, is_ours: Recogniser) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path} exists and is not a directory; give a directory for the {kind}")
-    check_writable_parent(path / "x")
+    check_writable_parent(path / "x", shown=path)
     if path.is_dir() and any(path.iterdir()) and not _recognised(is_ours, path):
         raise OutputError(
             f"{path} is a non-empty directory that caa_lens did not write (no {kind} manifest); "

@@ -153,9 +153,9 @@ def encode_for_gradients(
         return _run_prefix(model, prefixes, {}, where)
 
 
-def _rows_of(cache: Any, owners: Tensor) -> Any:
-    """A copy of ``cache`` holding row ``owners[k]`` as row ``k`` (the original is left unchanged)."""
-    rows = copy.deepcopy(cache)  # a suffix pass extends the cache it is given in place
+def _rows_of(cache: Any, owners: Tensor, consume: bool) -> Any:
+    """``cache`` holding row ``owners[k]`` as row ``k``: a copy, or (``consume``) the cache itself."""
+    rows = cache if consume else copy.deepcopy(cache)  # a suffix pass extends its cache in place
     rows.batch_select_indices(owners)
     return rows
 
@@ -170,6 +170,7 @@ def run_suffixes(
     start: int | Int[Tensor, " row"] | None = None,
     position_ids: Int[Tensor, "row suffix"] | None = None,
     stop_at_layer: int | None = None,
+    consume: bool = False,
 ) -> Tensor:
     """One pass of right-padded suffixes, row ``k`` continuing prefix ``owners[k]`` (repeats allowed).
 
@@ -185,6 +186,9 @@ def run_suffixes(
         position_ids: explicit positions (needed with embeddings: the bridge derives positions from
             the mask for token ids only).
         stop_at_layer: passed to the bridge; must not exceed the prefix pass's.
+        consume: this is the prefix's last pass: its cache is re-rowed and extended in place instead
+            of copied (one copy of every layer's keys and values less), and ``prefix`` must not be
+            used again. For callers that encode a batch, run it once and drop it (extraction, OOD).
 
     Returns:
         What the model returned: the logits ``[row, suffix, vocab]``, or the activation a stop hook
@@ -192,7 +196,7 @@ def run_suffixes(
     """
     chosen = torch.as_tensor(owners, dtype=torch.long).reshape(-1)
     device = model.cfg.device
-    cache = _rows_of(prefix.cache, chosen.to(device))
+    cache = _rows_of(prefix.cache, chosen.to(device), consume)
     mask = torch.cat([prefix.mask[chosen.cpu()], suffix_mask.cpu()], dim=1)
     options: dict[str, object] = {} if stop_at_layer is None else {"stop_at_layer": stop_at_layer}
     if position_ids is not None:

@@ -70,6 +70,20 @@ def test_suffixes_on_left_padded_prefixes_equal_full_passes(tiny) -> None:
         torch.testing.assert_close(out[row, : len(suffix)], expected, atol=1e-5, rtol=1e-5)
 
 
+def test_a_consuming_pass_equals_a_copying_one(tiny) -> None:
+    """``consume=True`` (extraction, OOD: one pass per prefix) saves the copy and gives the same numbers."""
+    owners = [2, 0, 2]
+    ids, mask = right_pad([SUFFIXES[0], SUFFIXES[1], SUFFIXES[2]], 0)
+    with torch.inference_mode():
+        prefix = encode(tiny, PREFIXES)
+        copied = run_suffixes(tiny, prefix, owners, ids, mask)
+        assert prefix.cache.layers[0].keys.shape[0] == 3  # untouched by a copying pass
+        consumed = run_suffixes(tiny, prefix, owners, ids, mask, consume=True)
+    assert torch.equal(copied, consumed)
+    # The consumed cache now holds the suffix rows: the prefix is spent, as documented.
+    assert prefix.cache.layers[0].keys.shape[2] == prefix.width + ids.shape[1]
+
+
 @pytest.mark.parametrize("multiplier", [0.0, 3.0])
 def test_steering_starts_at_the_first_suffix_token(tiny, multiplier) -> None:
     steer = Injection(vector(tiny), 1, multiplier)
