@@ -28,8 +28,8 @@ from analysis.actadd_setup import (
     jsonable,
     prompt_windows,
     row_norms,
-    scaled_layers,
 )
+from caa_lens.hooks import scaled_layers
 from caa_lens.ood import OODPrompt
 from caa_lens.open_ended import GenerationSettings, open_ended_effects, steered_generations
 from caa_lens.prompts import format_prompt

@@ -32,27 +32,12 @@ __all__ = [
     "jsonable",
     "prompt_windows",
     "row_norms",
-    "scaled_layers",
 ]
 
 ControlsAt = Literal["all", "layer", "cell"]
 Window = Literal["user", "prompt"]
 CONTROLS_AT = ("all", "layer", "cell")
 NULL_SCOPES = {"all": "every cell", "layer": "best layer", "cell": "best cell"}
-
-
-def scaled_layers(
-    n_layers: int, reference: Sequence[int] = (2, 4, 6, 8, 10), of: int = 30
-) -> tuple[int, ...]:
-    """``reference`` layers of an ``of``-layer model at the same depth fractions of an ``n_layers`` one.
-
-    >>> scaled_layers(30), scaled_layers(4), scaled_layers(48)
-    ((2, 4, 6, 8, 10), (0, 1), (3, 6, 10, 13, 16))
-    """
-    if n_layers < 1:
-        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
-    chosen = [min(n_layers - 1, int(layer * n_layers / of + 0.5)) for layer in reference]
-    return tuple(sorted(set(chosen)))
 
 
 def actadd_layer(n_layers: int) -> int:

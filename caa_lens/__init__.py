@@ -53,7 +53,7 @@ from caa_lens.evaluation import behaviour_probabilities
 from caa_lens.export import ControlVectorError, export_control_vector_gguf, load_control_vector_gguf
 from caa_lens.extraction import ContrastiveActivations, PairActivations, extract_contrastive
 from caa_lens.generation import GenerationResult, generate
-from caa_lens.hooks import check_layers, hook_name
+from caa_lens.hooks import check_layers, hook_name, layer_at_depth, scaled_layers
 from caa_lens.identity import ModelIdentity, model_identity
 from caa_lens.jobs import Job, Stage
 from caa_lens.letter_balance import LETTER_SHARE_LIMIT, LabelMeans, label_means
@@ -202,6 +202,7 @@ __all__ = [
     "generate",
     "hook_name",
     "label_means",
+    "layer_at_depth",
     "letter_axis",
     "letter_balanced_mean",
     "letter_share",
@@ -237,6 +238,7 @@ __all__ = [
     "run_sweep",
     "save_html",
     "save_vector",
+    "scaled_layers",
     "score_generations",
     "show",
     "steered_generations",

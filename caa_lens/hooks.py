@@ -11,13 +11,16 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
+    "REFERENCE_DEPTH",
     "RESIDUAL_SITES",
     "ResidualSite",
     "check_layer",
     "check_layers",
     "check_site",
     "hook_name",
+    "layer_at_depth",
     "n_layers",
+    "scaled_layers",
     "stop_layer_for",
 ]
 
@@ -79,3 +82,31 @@ def stop_layer_for(layers: tuple[int, ...]) -> int:
     input of the block where the bridge stops is not guaranteed to fire.
     """
     return max(layers) + 1
+
+
+# The default model's layer count: layer settings written for it (the papers' depths on a 30-layer model)
+# are carried to a model of any depth by ``layer_at_depth`` / ``scaled_layers``.
+REFERENCE_DEPTH = 30
+
+
+def layer_at_depth(layer: int, n_layers: int, of: int = REFERENCE_DEPTH) -> int:
+    """Layer ``layer`` of an ``of``-layer model at the same depth fraction of an ``n_layers`` one.
+
+    >>> layer_at_depth(12, 30), layer_at_depth(12, 4), layer_at_depth(24, 4)
+    (12, 2, 3)
+    """
+    if n_layers < 1:
+        raise ValueError(f"n_layers must be >= 1, got {n_layers}")
+    return min(n_layers - 1, int(layer * n_layers / of + 0.5))
+
+
+def scaled_layers(
+    n_layers: int, reference: Sequence[int] = (2, 4, 6, 8, 10), of: int = REFERENCE_DEPTH
+) -> tuple[int, ...]:
+    """``reference`` layers of an ``of``-layer model at the same depths of an ``n_layers`` one, sorted and
+    without repeats (several may land on one layer of a shallow model).
+
+    >>> scaled_layers(30), scaled_layers(4), scaled_layers(48)
+    ((2, 4, 6, 8, 10), (0, 1), (3, 6, 10, 13, 16))
+    """
+    return tuple(sorted({layer_at_depth(layer, n_layers, of) for layer in reference}))

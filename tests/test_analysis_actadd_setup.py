@@ -4,8 +4,9 @@ reported."""
 import pytest
 from helpers.actadd import no_shared_env  # noqa: F401  (autouse: the bundled fallbacks, no shared data)
 
-from analysis.actadd_setup import actadd_layer, prompt_windows, scaled_layers
+from analysis.actadd_setup import actadd_layer, prompt_windows
 from analysis.actadd_topic import TopicConfig, weddings_topic
+from caa_lens.hooks import scaled_layers
 from caa_lens.ood import OODPrompt
 
 

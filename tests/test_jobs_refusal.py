@@ -9,7 +9,7 @@ import pytest
 
 from analysis.cli import main
 from analysis.jobs.refusal import REFUSAL_STAGES
-from analysis.jobs.refusal_analyses import at_depth
+from caa_lens.hooks import layer_at_depth
 
 TINY = ["--model", "tiny", "--train", "refusal", "--test", "refusal:test"]
 
@@ -22,9 +22,9 @@ def refusal_dir(tmp_path_factory):
 
 
 def test_layers_are_the_default_models_at_its_depth():
-    assert [at_depth(layer, 30) for layer in (4, 6, 12, 20, 24)] == [4, 6, 12, 20, 24]
-    assert [at_depth(layer, 4) for layer in (4, 6, 12, 20, 24)] == [1, 1, 2, 3, 3]
-    assert at_depth(29, 1) == 0
+    assert [layer_at_depth(layer, 30) for layer in (4, 6, 12, 20, 24)] == [4, 6, 12, 20, 24]
+    assert [layer_at_depth(layer, 4) for layer in (4, 6, 12, 20, 24)] == [1, 1, 2, 3, 3]
+    assert layer_at_depth(29, 1) == 0
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ from pathlib import Path
 import pandas as pd
 
 import caa_lens as cl
-from analysis.actadd_setup import scaled_layers
 from analysis.behaviour_studies import run_studies
 from analysis.behaviour_study import StudyConfig, headline_table
 from analysis.interference import interference_matrix
@@ -115,9 +114,9 @@ class DemoConfig:
         """This configuration with every layer setting left at None derived for an ``n_layers`` model."""
         return replace(
             self,
-            sweep_layers=self.sweep_layers or scaled_layers(n_layers, (4, 8, 12, 16, 20, 24)),
-            transfer_layers=self.transfer_layers or scaled_layers(n_layers, (3, 6, 9, 12, 15, 18, 21, 24)),
-            behaviour_layers=self.behaviour_layers or scaled_layers(n_layers, (8, 12, 16)),
+            sweep_layers=self.sweep_layers or cl.scaled_layers(n_layers, (4, 8, 12, 16, 20, 24)),
+            transfer_layers=self.transfer_layers or cl.scaled_layers(n_layers, (3, 6, 9, 12, 15, 18, 21, 24)),
+            behaviour_layers=self.behaviour_layers or cl.scaled_layers(n_layers, (8, 12, 16)),
         )
 
 

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING
 import torch
 
 from analysis.jobs.refusal_ab import AbSweepConfig, ab_sweep, ab_vectors
-from analysis.jobs.refusal_analyses import ANALYSIS_STAGES, Study, at_depth
+from analysis.jobs.refusal_analyses import ANALYSIS_STAGES, Study
 from analysis.letters import balanced_subset, letter_counts
 from caa_lens.data import BUNDLED_BEHAVIOURS, resolve_dataset
 from caa_lens.extraction import extract_contrastive
+from caa_lens.hooks import layer_at_depth
 from caa_lens.identity import model_identity
 from caa_lens.jobs import Job, build_manifest, dataset_hashes, invoked_command, load_job_model, write_manifest
 from caa_lens.methods import contrastive_vector
@@ -147,7 +148,8 @@ def run_refusal(out: Path, config: RefusalConfig) -> Path:
     test = resolve_dataset(config.test)
     if {"ab_vectors", "ab_sweep"} & selected:
         sweep = AbSweepConfig(
-            layers=config.sweep_layers or tuple(sorted({at_depth(layer, n_layers) for layer in _AB_LAYERS})),
+            layers=config.sweep_layers
+            or tuple(sorted({layer_at_depth(layer, n_layers) for layer in _AB_LAYERS})),
             multipliers=config.sweep_multipliers,
             controls=config.controls,
             control_seed=config.control_seed,

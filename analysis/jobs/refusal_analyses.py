@@ -24,6 +24,7 @@ from analysis.size_effect import steering_effect_by_size, subset_vectors
 from caa_lens.capability import read_text
 from caa_lens.data import FIBONACCI_SIZES, ContrastiveDataset, resolve_dataset
 from caa_lens.extraction import ContrastiveActivations, extract_contrastive
+from caa_lens.hooks import layer_at_depth
 from caa_lens.methods import contrastive_vector
 from caa_lens.residuals import multiplier_for_ratio
 from caa_lens.vectors import SteeringVector
@@ -31,7 +32,7 @@ from caa_lens.vectors import SteeringVector
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
-__all__ = ["ANALYSIS_STAGES", "Study", "at_depth"]
+__all__ = ["ANALYSIS_STAGES", "Study"]
 
 ANALYSIS_STAGES = (
     "letters",
@@ -45,16 +46,6 @@ ANALYSIS_STAGES = (
     "interference",
     "reversal",
 )
-_REFERENCE_DEPTH = 30  # the default model's layer count, which the layer constants below were set on
-
-
-def at_depth(layer: int, n_layers: int) -> int:
-    """Layer ``layer`` of the 30-layer default model at the same depth of an ``n_layers`` model.
-
-    >>> at_depth(12, 30), at_depth(12, 4), at_depth(24, 4)
-    (12, 2, 3)
-    """
-    return min(n_layers - 1, int(layer * n_layers / _REFERENCE_DEPTH + 0.5))
 
 
 @dataclass
@@ -100,7 +91,9 @@ class Study:
         """The steering layer and multiplier: given, else the sweep stage's picks, else the middle layer."""
         picked = self.summary.get("sweep", {})
         layer = (
-            self.layer if self.layer is not None else picked.get("chosen_layer", at_depth(12, self.n_layers))
+            self.layer
+            if self.layer is not None
+            else picked.get("chosen_layer", layer_at_depth(12, self.n_layers))
         )
         multiplier = self.multiplier if self.multiplier is not None else picked.get("chosen_multiplier", 8.0)
         return int(layer), float(multiplier)
@@ -221,7 +214,7 @@ class Study:
         layer, multiplier = self.layer, self.multiplier
         if layer is None:
             # The middle of the network: layers 6..20 of the default model's 30, at the same depths.
-            low, high = at_depth(6, self.n_layers), at_depth(20, self.n_layers)
+            low, high = layer_at_depth(6, self.n_layers), layer_at_depth(20, self.n_layers)
             layer = int((wide[self.ratio] - wide[-self.ratio]).loc[low:high].idxmax())
         if multiplier is None:
             cell = sweep[(sweep.layer == layer) & (sweep.ratio == self.ratio)]
@@ -274,7 +267,7 @@ class Study:
                 "effect_by_n": dict(zip(effect.table.n, effect.table.effect.round(3), strict=True)),
             }  # fmt: skip
             if self.figures:
-                shown = [at_depth(4, self.n_layers), layer, at_depth(24, self.n_layers)]
+                shown = [layer_at_depth(4, self.n_layers), layer, layer_at_depth(24, self.n_layers)]
                 plots.plot_sample_size(scaled, shown, effect, self.figure_dir / f"sample_size_{tag}.png")
 
     def _ratio(self) -> None:
