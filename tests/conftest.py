@@ -1,6 +1,7 @@
 """Shared fixtures: the tiny random model (unit tests), the real default model and ../shared/data (slow)."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared reference data not found at {SHARED_DATA} (set CAA_LENS_SHARED_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Close every matplotlib figure a test left open (only where a test imported pyplot at all)."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")

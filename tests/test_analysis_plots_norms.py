@@ -4,18 +4,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import pytest
 from helpers.plot_results import check_draws_and_saves
 
 from analysis.plots.norms import plot_norm_profile, plot_ratio_tradeoff
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
 
 DRAWINGS = {
     "norms": lambda r, save: plot_norm_profile(r["norms"], save=save),

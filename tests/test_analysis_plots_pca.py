@@ -4,18 +4,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import pytest
 from helpers.plot_results import check_draws_and_saves
 
 from analysis.plots.pca import plot_pca_grid, plot_separability
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
 
 DRAWINGS = {
     "pca": lambda r, save: plot_pca_grid(r["pca"], columns=3, save=save),

@@ -5,19 +5,12 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import pytest
 from helpers.plot_results import small_results
 
 from analysis.plots import ACTADD_FIGURES, FIGURES, draw, draw_actadd, is_caa_lens_png
 from analysis.store import save_result
 from caa_lens.outputs import OutputError
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 @pytest.fixture

@@ -4,18 +4,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import pytest
 from helpers.plot_results import check_draws_and_saves
 
 from analysis.plots.reversal import plot_reversal_progress
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
 
 DRAWINGS = {
     "reversal": lambda r, save: plot_reversal_progress(r["reversal"], save=save),

@@ -4,18 +4,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import pytest
 from helpers.plot_results import check_draws_and_saves
 
 from analysis.plots.scaling import plot_sample_size
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
 
 DRAWINGS = {
     "scaling": lambda r, save: plot_sample_size(r["scaling"], [0, 1], r["effect"], save=save),

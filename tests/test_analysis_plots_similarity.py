@@ -4,18 +4,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import pytest
 from helpers.plot_results import check_draws_and_saves
 
 from analysis.plots.similarity import plot_behaviour_similarity, plot_layer_similarity, plot_layer_transfer
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
 
 DRAWINGS = {
     "layer_similarity": lambda r, save: plot_layer_similarity(r["layer_similarity"], save=save),

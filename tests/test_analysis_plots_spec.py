@@ -20,12 +20,6 @@ from analysis.plots.spec import FigureSpec, check_kinds
 from analysis.store import load_result, save_result
 
 
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
-
-
 def profile(scale: float) -> NormProfile:
     return NormProfile(
         pd.DataFrame(

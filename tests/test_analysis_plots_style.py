@@ -6,17 +6,10 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
-import pytest
 from helpers.plot_results import small_results
 
 from analysis.plots.similarity import plot_layer_similarity
 from analysis.plots.style import finish, is_caa_lens_png, is_figures_dir, save_figure
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 def test_plots_leave_global_style_alone():

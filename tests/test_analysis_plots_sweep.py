@@ -4,17 +4,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt
 import pandas as pd
-import pytest
 
 from analysis.plots.sweep import plot_sweep_layers, plot_sweep_multipliers, sweep_effects_view
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 def _effects(with_null: bool) -> pd.DataFrame:

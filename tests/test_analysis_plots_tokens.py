@@ -8,6 +8,7 @@ matplotlib.use("Agg")
 
 import pytest
 import torch
+from helpers.token_views import hand_made_projection
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
@@ -16,7 +17,7 @@ from caa_lens.prompts import format_prompt
 from caa_lens.provenance import make_provenance
 from caa_lens.steering import Injection
 from caa_lens.vectors import SteeringVector
-from caa_lens.views import TokenProjection, token_projections
+from caa_lens.views import token_projections
 
 LAYER = 1
 
@@ -36,23 +37,6 @@ def vector(tiny):
     return SteeringVector(directions, (0, 1, 2), provenance)
 
 
-def _hand_made(tokens, values, n_prompt=2, start=1) -> TokenProjection:
-    n = len(tokens)
-    steered = torch.arange(n) >= start
-    return TokenProjection(
-        tuple(tokens),
-        tuple(range(n)),
-        torch.tensor(values, dtype=torch.float64),
-        torch.zeros(n, dtype=torch.float64),
-        n_prompt,
-        steered,
-        1,
-        "resid_post",
-        1.5,
-        torch.where(steered, 0.75, 0.0).double(),
-    )
-
-
 def test_figure_renders(tiny, prompt, vector):
     view = token_projections(tiny, prompt, vector, LAYER, Injection(vector, LAYER, 4.0), max_new_tokens=3)
     fig = plot_projection(view)
@@ -70,7 +54,9 @@ def test_figure_renders(tiny, prompt, vector):
 
 
 def test_figure_on_a_given_axes_with_an_outlier_and_mathtext(tmp_path):
-    view = _hand_made(["<s>", "$x$", "a\nb", " c", "$"], [-500.0, 1.0, -2.0, 0.5, 3.0], n_prompt=5, start=9)
+    view = hand_made_projection(
+        ["<s>", "$x$", "a\nb", " c", "$"], [-500.0, 1.0, -2.0, 0.5, 3.0], n_prompt=5, start=9
+    )
     fig = Figure()
     ax: Axes = fig.add_subplot()
     assert plot_projection(view, ax=ax) is fig

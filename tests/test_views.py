@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from helpers.token_views import hand_made_projection
 
 from caa_lens.generation import generate
 from caa_lens.hooks import hook_name
@@ -175,23 +176,6 @@ def test_bad_vectors_are_refused(tiny, prompt):
         )
 
 
-def _hand_made(tokens, values, n_prompt=2, start=1) -> TokenProjection:
-    n = len(tokens)
-    steered = torch.arange(n) >= start
-    return TokenProjection(
-        tuple(tokens),
-        tuple(range(n)),
-        torch.tensor(values, dtype=torch.float64),
-        torch.zeros(n, dtype=torch.float64),
-        n_prompt,
-        steered,
-        1,
-        "resid_post",
-        1.5,
-        torch.where(steered, 0.75, 0.0).double(),
-    )
-
-
 def test_html_is_offline_and_holds_the_tokens(tiny, prompt, vector):
     view = token_projections(tiny, prompt, vector, LAYER, Injection(vector, LAYER, 4.0), max_new_tokens=3)
     page = render_html(view)
@@ -209,7 +193,7 @@ def test_html_is_offline_and_holds_the_tokens(tiny, prompt, vector):
 
 
 def test_html_survives_hostile_tokens(tmp_path):
-    view = _hand_made(["<s>", "</script><b>x", "<!-- y", "café"], [-300.0, 1.0, -2.0, 0.5])
+    view = hand_made_projection(["<s>", "</script><b>x", "<!-- y", "café"], [-300.0, 1.0, -2.0, 0.5])
     page = render_html(view)
     assert page.lower().count("</script") == 1  # only the tag that closes the inline script
     assert "<!-- y" not in page
